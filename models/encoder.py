@@ -1,0 +1,377 @@
+"""The model contract: one open_clip dual encoder plus optional fusion heads.
+
+``load_model()`` returns a :class:`RetrievalModel` that encodes images and texts into L2-normalised
+float32 vectors, exposes patch tokens for re-ranking, and runs the attention-fusion head for match
+scores, composed queries and explanations.  Nothing here imports FastAPI or the index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from .errors import ModelLoadError
+from .fusion import Batch, FusionConfig, FusionHeads
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "configs"
+WEIGHTS_DIR = PACKAGE_DIR / "weights"
+DEFAULT_MODEL = "fusion-tiny"
+FUSION_KIND = "attention"
+
+_registered = False
+_register_lock = threading.Lock()
+
+
+def register_configs() -> None:
+    """Register the bundled architecture JSON files with open_clip (idempotent)."""
+    global _registered
+    with _register_lock:
+        if not _registered:
+            open_clip.add_model_config(CONFIG_DIR)
+            _registered = True
+
+
+def native_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(precision: str, device: str) -> torch.dtype:
+    """Map the precision setting (auto | fp32 | bf16) to a torch dtype for the encoders."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ModelLoadError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Tokenised and encoded texts, trimmed to the longest text in the batch."""
+
+    tokens: torch.Tensor  # (N, L, W) final-layer text tokens
+    pad: torch.Tensor  # (N, L) True after the end-of-text token
+    eot: torch.Tensor  # (N,) end-of-text index
+    emb: torch.Tensor  # (N, D) L2-normalised
+
+
+def bundled_paths(name: str) -> tuple[Path, Path, Path]:
+    """(backbone weights, fusion weights, fusion config) bundled for ``name``."""
+    return (
+        WEIGHTS_DIR / f"{name}.safetensors",
+        WEIGHTS_DIR / f"{name}.fusion.safetensors",
+        WEIGHTS_DIR / f"{name}.fusion.json",
+    )
+
+
+class RetrievalModel:
+    """A loaded dual encoder with its preprocessing, tokenizer and (optional) fusion heads."""
+
+    def __init__(
+        self,
+        name: str,
+        clip: Any,
+        tokenizer: Any,
+        *,
+        trained: bool,
+        fusion: FusionHeads | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        self.name = name
+        self.clip = clip.eval()
+        self.tokenizer = tokenizer
+        self.trained = trained
+        self.fusion = fusion.eval() if fusion is not None else None
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        visual = clip.visual
+        cfg = open_clip.get_model_preprocess_cfg(clip)
+        size = cfg.get("size", 224)
+        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.mean = np.asarray(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), np.float32)
+        self.std = np.asarray(cfg.get("std", open_clip.OPENAI_DATASET_STD), np.float32)
+        visual.output_tokens = True
+        self.clip.to(self._enc_dtype)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, *self.image_size, device=self.device)
+            pooled, tokens = visual(probe.to(self._enc_dtype))
+        self.embed_dim = int(pooled.shape[-1])
+        self.num_image_tokens = int(tokens.shape[1])
+        self.image_token_width = int(tokens.shape[2])
+        self.text_width = int(clip.token_embedding.weight.shape[1]) if self._plain_text else 0
+        self.context_length = int(getattr(clip, "context_length", 77))
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def _enc_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    @property
+    def _plain_text(self) -> bool:
+        """A CLIP text tower with a causal mask read at the argmax (EOT) token."""
+        c = self.clip
+        return (
+            hasattr(c, "token_embedding")
+            and getattr(c, "attn_mask", None) is not None
+            and getattr(c, "text_pool_type", "argmax") == "argmax"
+        )
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.fusion is not None
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "dim": self.embed_dim,
+            "trained": self.trained,
+            "has_fusion": self.has_fusion,
+            "fusion": FUSION_KIND if self.has_fusion else "late",
+            "precision": self.precision,
+            "image_size": list(self.image_size),
+            "image_tokens": [self.num_image_tokens, self.image_token_width],
+            "context_length": self.context_length,
+        }
+
+    # ---- preprocessing ------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize the shorter side (bicubic), centre-crop and normalise, as open_clip does."""
+        h, w = self.image_size
+        out = np.empty((len(images), 3, h, w), np.float32)
+        for i, img in enumerate(images):
+            img = img if img.mode == "RGB" else img.convert("RGB")
+            if img.size != (w, h):
+                scale = max(w / img.width, h / img.height)
+                nw, nh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+                img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+                left, top = (nw - w) // 2, (nh - h) // 2
+                img = img.crop((left, top, left + w, top + h))
+            arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+            out[i] = ((arr - self.mean) / self.std).transpose(2, 0, 1)
+        return torch.from_numpy(out)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Tokenise to the model's context length; longer texts are truncated, never rejected."""
+        clean = [t.replace("\x00", " ") for t in texts]
+        return self.tokenizer(clean)
+
+    # ---- encoders (torch) ---------------------------------------------------------------------
+    def _images_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.clip.visual(pixels.to(self.device, self._enc_dtype))
+        return F.normalize(pooled.float(), dim=-1), tokens
+
+    def _texts_forward(self, ids: torch.Tensor) -> TextBatch:
+        ids = ids.to(self.device)
+        if not self._plain_text:
+            emb = self.clip.encode_text(ids)
+            empty = torch.zeros(ids.shape[0], 1, 1)
+            return TextBatch(empty, empty[..., 0].bool(), empty[:, 0, 0].long(), F.normalize(
+                emb.float(), dim=-1))
+        c = self.clip
+        eot = ids.argmax(dim=-1)
+        # The text tower is causal and read at the end-of-text token: padding after the longest
+        # text in the batch cannot change any output, so it is not computed.
+        length = int(eot.max()) + 1
+        ids = ids[:, :length]
+        x = c.token_embedding(ids).to(self._enc_dtype)
+        x = x + c.positional_embedding[:length].to(self._enc_dtype)
+        x = c.transformer(x, attn_mask=c.attn_mask[:length, :length].to(self._enc_dtype))
+        x = c.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = c.text_projection
+        pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+        pad = torch.arange(length, device=x.device)[None, :] > eot[:, None]
+        return TextBatch(x, pad, eot, F.normalize(pooled.float(), dim=-1))
+
+    def _batches(self, n: int) -> range:
+        return range(0, n, self.batch_size)
+
+    # ---- public numpy API ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings."""
+        return self.encode_images_with_tokens(images)[0]
+
+    @torch.inference_mode()
+    def encode_images_with_tokens(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (N, D) float32 and patch tokens (N, T, W) float16 in one forward pass."""
+        embs = np.zeros((len(images), self.embed_dim), np.float32)
+        toks = np.zeros((len(images), self.num_image_tokens, self.image_token_width), np.float16)
+        for s in self._batches(len(images)):
+            emb, tok = self._images_forward(self.preprocess(images[s : s + self.batch_size]))
+            embs[s : s + len(emb)] = emb.numpy()
+            toks[s : s + len(emb)] = tok.float().numpy().astype(np.float16)
+        return embs, toks
+
+    @torch.inference_mode()
+    def image_tokens(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, T, W) float16 patch tokens, stored for re-ranking."""
+        return self.encode_images_with_tokens(images)[1]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 L2-normalised text embeddings."""
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
+        for s in self._batches(len(texts)):
+            out[s : s + self.batch_size] = self._texts_forward(
+                self.tokenize(texts[s : s + self.batch_size])
+            ).emb.numpy()
+        return out
+
+    # ---- fusion -------------------------------------------------------------------------------
+    def _fusion_batch(
+        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
+    ) -> Batch:
+        tb = self._texts_forward(self.tokenize(texts))
+        n = len(tokens)
+        if len(texts) == 1 and n > 1:
+            tb = TextBatch(
+                tb.tokens.expand(n, -1, -1),
+                tb.pad.expand(n, -1),
+                tb.eot.expand(n),
+                tb.emb.expand(n, -1),
+            )
+        return Batch(
+            image_tokens=torch.from_numpy(np.asarray(tokens, np.float32)),
+            image_emb=torch.from_numpy(np.asarray(embeddings, np.float32)),
+            text_tokens=tb.tokens.float(),
+            text_mask=tb.pad,
+            text_eot=tb.eot,
+            text_emb=tb.emb,
+        )
+
+    @torch.inference_mode()
+    def match(
+        self, tokens: np.ndarray, texts: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N,) attention-fusion match probability of each image (as tokens) with its text.
+
+        ``texts`` has N entries, or one that is paired with every image.  Without fusion weights
+        this falls back to late fusion, which needs ``embeddings``.
+        """
+        if self.fusion is None:
+            if embeddings is None:
+                raise ModelLoadError("this model has no fusion head; pass embeddings")
+            t = self.encode_texts(texts)
+            return ((embeddings * t).sum(-1) + 1.0) / 2.0
+        emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
+        b = self._fusion_batch(tokens, emb, texts)
+        return torch.sigmoid(self.fusion.score(FUSION_KIND, b)).numpy()
+
+    @torch.inference_mode()
+    def compose_from(
+        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
+    ) -> np.ndarray:
+        """(N, D) composed query embeddings from stored image tokens and embeddings."""
+        if self.fusion is None:
+            t = self.encode_texts(texts)
+            q = embeddings + t
+            return q / np.linalg.norm(q, axis=-1, keepdims=True)
+        b = self._fusion_batch(tokens, embeddings, texts)
+        return self.fusion.compose(FUSION_KIND, b).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def compose(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        """(N, D) L2-normalised composed query embeddings for image + modifying text."""
+        emb, tok = self.encode_images_with_tokens(images)
+        return self.compose_from(tok, emb, texts)
+
+    @torch.inference_mode()
+    def explain(self, tokens: np.ndarray, embedding: np.ndarray, text: str) -> dict[str, Any]:
+        """Cross-attention of the text's end token over the image patches, as a grid."""
+        if self.fusion is None:
+            raise ModelLoadError("this model has no attention-fusion weights to explain with")
+        b = self._fusion_batch(tokens[None], embedding[None], [text])
+        head = self.fusion.heads[FUSION_KIND]
+        feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
+        prob = float(torch.sigmoid(head.match_head(feat)).squeeze())  # type: ignore[operator]
+        w = weights[0].float().numpy() if weights is not None else np.zeros(tokens.shape[0])
+        side = int(math.isqrt(len(w)))
+        grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
+        return {"probability": prob, "grid": grid.tolist(), "rows": grid.shape[0],
+                "cols": grid.shape[1]}
+
+
+def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
+    try:
+        meta = json.loads(cfg_path.read_text())
+        cfg = FusionConfig(**meta["config"])
+        heads = FusionHeads(cfg, tuple(meta.get("kinds", ["attention"])))
+        heads.load_state_dict(load_file(str(path)), strict=True)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load fusion weights {path}: {exc}") from exc
+    return heads.float()
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    pretrained: str | None = None,
+    *,
+    fusion: str | None = None,
+    precision: str = "auto",
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> RetrievalModel:
+    """Load an open_clip model by name with optional weights and fusion heads.
+
+    ``pretrained`` is an open_clip tag or a checkpoint file; for a bundled config (``fusion-tiny``)
+    the bundled weights are used when it is None.  ``fusion`` is a fusion-head safetensors file
+    (its JSON config beside it, same stem); the bundled one is used when present.
+
+    Raises:
+        ModelLoadError: unknown model name, unreadable weights, or a tag that needs a download.
+    """
+    register_configs()
+    backbone, bundled_fusion, bundled_fusion_cfg = bundled_paths(name)
+    if pretrained is None and backbone.is_file():
+        pretrained = str(backbone)
+    try:
+        clip = open_clip.create_model(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:  # open_clip raises many types for unknown names and bad files
+        raise ModelLoadError(f"could not load model {name!r} (pretrained={pretrained}): {exc}") \
+            from exc
+    heads = None
+    if fusion is not None:
+        fpath = Path(fusion)
+        heads = _load_fusion(fpath, fpath.with_name(fpath.name.replace(".safetensors", ".json")))
+    elif bundled_fusion.is_file() and pretrained == str(backbone):
+        heads = _load_fusion(bundled_fusion, bundled_fusion_cfg)
+    dtype = resolve_dtype(precision, device)
+    return RetrievalModel(
+        name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dtype,
+        device=device, batch_size=batch_size,
+    )

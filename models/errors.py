@@ -1,0 +1,34 @@
+"""Domain errors raised by the neural side; app/errors.py maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class for model errors."""
+
+
+class ModelLoadError(ModelError):
+    """The model or its weights could not be loaded (unknown name, missing or bad file)."""
+
+
+class BadImage(ModelError):
+    """An uploaded file is not an image we accept (undecodable, truncated, not allowed)."""
+
+    def __init__(self, message: str, *, code: str = "bad_image", status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class UnsupportedImageType(BadImage):
+    """A decodable file whose format is outside the allow-list."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unsupported_media_type", status=415)
+
+
+class ImageTooLarge(BadImage):
+    """Pixel count over the limit (decompression bomb guard)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="image_too_large", status=413)

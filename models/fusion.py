@@ -1,0 +1,203 @@
+"""Fusion heads over a frozen dual encoder: late, early and attention fusion.
+
+Every head answers the same two questions:
+
+* ``score(...)``  -> a match logit for (image, text) pairs, used to re-rank;
+* ``compose(...)`` -> a query embedding in the joint space for "this image, changed by this text".
+
+Late fusion works on pooled embeddings only (cosine; weighted sum), early fusion concatenates the
+pooled embeddings into an MLP, attention fusion lets text tokens attend over image patch tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Shapes of the fusion heads; saved beside their weights."""
+
+    text_width: int
+    image_width: int
+    embed_dim: int
+    width: int = 128
+    heads: int = 4
+    depth: int = 2
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """Frozen-encoder features for B (image, text) pairs."""
+
+    image_tokens: torch.Tensor  # (B, T, Wi)
+    image_emb: torch.Tensor  # (B, D), L2-normalised
+    text_tokens: torch.Tensor  # (B, L, Wt)
+    text_mask: torch.Tensor  # (B, L) True where padding
+    text_eot: torch.Tensor  # (B,) index of the end-of-text token
+    text_emb: torch.Tensor  # (B, D), L2-normalised
+
+
+class LateFusion(nn.Module):
+    """Cosine of pooled embeddings; composition as a weighted sum (the classic baseline)."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def score(self, b: Batch) -> torch.Tensor:
+        return self.scale * (b.image_emb * b.text_emb).sum(-1)
+
+    def compose(self, b: Batch) -> torch.Tensor:
+        a = self.alpha.clamp(0.0, 1.0)
+        return F.normalize(a * b.image_emb + (1 - a) * b.text_emb, dim=-1)
+
+
+class EarlyFusion(nn.Module):
+    """Concatenated pooled features through an MLP."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        d, w = cfg.embed_dim, cfg.width * 2
+        self.trunk = nn.Sequential(
+            nn.Linear(2 * d, w), nn.GELU(), nn.Linear(w, w), nn.GELU(), nn.LayerNorm(w)
+        )
+        self.match_head = nn.Linear(w, 1)
+        self.compose_head = nn.Linear(w, d)
+
+    def _features(self, b: Batch) -> torch.Tensor:
+        return self.trunk(torch.cat([b.image_emb, b.text_emb], dim=-1))
+
+    def score(self, b: Batch) -> torch.Tensor:
+        return self.match_head(self._features(b)).squeeze(-1)
+
+    def compose(self, b: Batch) -> torch.Tensor:
+        return F.normalize(self.compose_head(self._features(b)) + b.image_emb, dim=-1)
+
+
+class FusionBlock(nn.Module):
+    """Text self-attention, then text->image cross-attention, then a feed-forward layer."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_cross = nn.LayerNorm(width)
+        self.ln_image = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_ff = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(
+        self, x: torch.Tensor, image: torch.Tensor, pad: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.ln_self(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        kv = self.ln_image(image)
+        attended, weights = self.cross_attn(
+            self.ln_cross(x), kv, kv, need_weights=need_weights, average_attn_weights=True
+        )
+        x = x + attended
+        x = x + self.ff(self.ln_ff(x))
+        return x, weights
+
+
+def _at_eot(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    return x[torch.arange(x.shape[0], device=x.device), eot]
+
+
+class AttentionFusion(nn.Module):
+    """Text tokens attend over image patch tokens through a small stack of fusion blocks.
+
+    The stack is read out at the end-of-text token into a match logit and a composed query.
+    """
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.text_in = nn.Linear(cfg.text_width, cfg.width)
+        self.image_in = nn.Linear(cfg.image_width, cfg.width)
+        self.blocks = nn.ModuleList(FusionBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
+        self.ln_out = nn.LayerNorm(cfg.width)
+        self.match_head = nn.Sequential(
+            nn.Linear(cfg.width, cfg.width), nn.GELU(), nn.Linear(cfg.width, 1)
+        )
+        self.compose_head = nn.Linear(cfg.width, cfg.embed_dim)
+        self.compose_gate = nn.Parameter(torch.tensor(1.0))
+
+    def readout(
+        self, b: Batch, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fused feature at the end-of-text token, and the last block's cross-attention there."""
+        x = self.text_in(b.text_tokens)
+        image = self.image_in(b.image_tokens.to(x.dtype))
+        weights = None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, w = block(x, image, b.text_mask, need_weights=need_weights and last)
+            if w is not None:
+                weights = _at_eot(w, b.text_eot)
+        return self.ln_out(_at_eot(x, b.text_eot)), weights
+
+    def score(self, b: Batch) -> torch.Tensor:
+        return self.match_head(self.readout(b)[0]).squeeze(-1)
+
+    def compose(self, b: Batch) -> torch.Tensor:
+        feat = self.readout(b)[0]
+        return F.normalize(self.compose_head(feat) + self.compose_gate * b.image_emb, dim=-1)
+
+
+class CrossAttentionOne(nn.Module):
+    """The textbook form: one cross-attention layer, concatenated with the text feature."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        w = cfg.width
+        self.text_in = nn.Linear(cfg.text_width, w)
+        self.image_in = nn.Linear(cfg.image_width, w)
+        self.cross_attn = nn.MultiheadAttention(w, cfg.heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.LayerNorm(w))
+        self.match_head = nn.Linear(w, 1)
+        self.compose_head = nn.Linear(w, cfg.embed_dim)
+
+    def _features(self, b: Batch) -> torch.Tensor:
+        q = _at_eot(self.text_in(b.text_tokens), b.text_eot).unsqueeze(1)
+        kv = self.image_in(b.image_tokens.to(q.dtype))
+        attended = self.cross_attn(q, kv, kv, need_weights=False)[0]
+        return self.mlp(torch.cat([q, attended], dim=-1).squeeze(1))
+
+    def score(self, b: Batch) -> torch.Tensor:
+        return self.match_head(self._features(b)).squeeze(-1)
+
+    def compose(self, b: Batch) -> torch.Tensor:
+        return F.normalize(self.compose_head(self._features(b)) + b.image_emb, dim=-1)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "late": LateFusion,
+    "early": EarlyFusion,
+    "attention": AttentionFusion,
+    "cross1": CrossAttentionOne,
+}
+
+
+class FusionHeads(nn.Module):
+    """All strategies side by side, so one checkpoint serves the service and the comparison."""
+
+    def __init__(self, cfg: FusionConfig, kinds: tuple[str, ...] = tuple(HEADS)) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.heads = nn.ModuleDict({k: HEADS[k](cfg) for k in kinds})
+
+    def score(self, kind: str, b: Batch) -> torch.Tensor:
+        return self.heads[kind].score(b)  # type: ignore[operator]
+
+    def compose(self, kind: str, b: Batch) -> torch.Tensor:
+        return self.heads[kind].compose(b)  # type: ignore[operator]

@@ -1,0 +1,405 @@
+"""Training recipe for the bundled model (never imported by the server).
+
+Stage 1 trains the open_clip dual encoder contrastively on the synthetic world with a
+multi-positive loss (a caption such as "a red circle" is true of many images).  Stage 2 freezes it
+and trains the fusion heads side by side: a match score against hard negatives (attribute and
+relation swaps) and composition against the frozen target-image embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from . import synthetic as syn
+from .encoder import WEIGHTS_DIR, bundled_paths, register_configs
+from .fusion import Batch, FusionConfig, FusionHeads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved with its checkpoints."""
+
+    model: str = "fusion-tiny"
+    pretrained: str | None = None
+    data: str | None = None  # a TSV (filepath, title) of one's own captioned images
+    out: str = str(WEIGHTS_DIR)
+    work_dir: str = "runs/train"
+    pool: int = 24000  # pre-rendered training scenes
+    triplets: int = 12000  # pre-rendered composed triplets
+    batch: int = 192
+    encoder_steps: int = 2400
+    fusion_steps: int = 900
+    lr: float = 1e-3
+    fusion_lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    threads: int = 0
+    seed: int = 0
+    checkpoint_every: int = 200
+    fusion_width: int = 128
+    fusion_depth: int = 2
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+class ScenePool:
+    """Pre-rendered training scenes as normalised tensors, plus their scene graphs."""
+
+    def __init__(self, pixels: torch.Tensor, scenes: list[syn.Scene]) -> None:
+        self.pixels = pixels
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def _normalise(arr: np.ndarray) -> torch.Tensor:
+    mean = np.asarray(open_clip.OPENAI_DATASET_MEAN, np.float32)
+    std = np.asarray(open_clip.OPENAI_DATASET_STD, np.float32)
+    x = (arr.astype(np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def render_pool(n: int, cache: Path, size: int) -> ScenePool:
+    """Render (or load from cache) ``n`` training examples."""
+    path = cache / f"pool_{n}_{size}.npz"
+    scenes = []
+    if path.is_file():
+        arr = np.load(path)["pixels"]
+        scenes = [syn.example("train", i, size=8).scene for i in range(n)]
+        return ScenePool(_normalise(arr), scenes)
+    arr = np.zeros((n, size, size, 3), np.uint8)
+    for i in tqdm(range(n), desc="render scenes", unit="img"):
+        ex = syn.example("train", i, size=size)
+        arr[i] = np.asarray(ex.image)
+        scenes.append(ex.scene)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, pixels=arr)
+    return ScenePool(_normalise(arr), scenes)
+
+
+@dataclass
+class TripletPool:
+    ref: torch.Tensor
+    target: torch.Tensor
+    texts: list[str]
+    target_keys: list[Any]
+
+
+def render_triplets(n: int, cache: Path, size: int) -> TripletPool:
+    """Render (or load from cache) ``n`` composed triplets."""
+    path = cache / f"triplets_{n}_{size}.npz"
+    texts, keys = [], []
+    if path.is_file():
+        data = np.load(path, allow_pickle=False)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return TripletPool(_normalise(data["ref"]), _normalise(data["target"]), meta["texts"],
+                           [tuple(map(str, k)) for k in meta["keys"]])
+    ref = np.zeros((n, size, size, 3), np.uint8)
+    tgt = np.zeros_like(ref)
+    for i in tqdm(range(n), desc="render triplets", unit="trip"):
+        r_img, text, t_img, _r, t_scene, _kind = syn.triplet("train", i, size=size)
+        ref[i], tgt[i] = np.asarray(r_img), np.asarray(t_img)
+        texts.append(text)
+        keys.append(repr(t_scene.key()))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ref=ref, target=tgt)
+    path.with_suffix(".json").write_text(json.dumps({"texts": texts, "keys": keys}))
+    return TripletPool(_normalise(ref), _normalise(tgt), texts, keys)
+
+
+# ---- model pieces ------------------------------------------------------------------------------
+
+
+def encode_text_tokens(clip: Any, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Text tokens (B, L, W), padding mask, EOT index and normalised embeddings (B, D)."""
+    eot = ids.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    ids = ids[:, :length]
+    x = clip.token_embedding(ids) + clip.positional_embedding[:length]
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    pooled = x[torch.arange(x.shape[0]), eot] @ clip.text_projection
+    pad = torch.arange(length)[None, :] > eot[:, None]
+    return x, pad, eot, F.normalize(pooled, dim=-1)
+
+
+def multi_positive_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a target spread evenly over every positive in the row."""
+    target = pos / pos.sum(dim=1, keepdim=True).clamp(min=1)
+    has = pos.sum(dim=1) > 0
+    loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return loss[has].mean()
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], lr: float, wd: float) -> Any:
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+
+
+# ---- stage 1 -----------------------------------------------------------------------------------
+
+
+def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
+                  work: Path) -> list[float]:
+    """Contrastive training of both towers with multi-positive targets and swapped captions."""
+    rng = np.random.default_rng(cfg.seed)
+    opt = _optimizer(list(clip.named_parameters()), cfg.lr, cfg.weight_decay)
+    ckpt = work / "encoder.pt"
+    start, losses = 0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        clip.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, losses = state["step"], state["losses"]
+        log.info("resumed encoder training at step %d", start)
+    clip.train()
+    bar = tqdm(range(start, cfg.encoder_steps), desc="stage 1: dual encoder", unit="step",
+               initial=start, total=cfg.encoder_steps)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.encoder_steps, cfg.lr, cfg.warmup)
+        idx = rng.choice(len(pool), cfg.batch, replace=False)
+        scenes = [pool.scenes[i] for i in idx]
+        texts, claims, negs = [], [], []
+        for s in scenes:
+            text, claim = syn.caption(s, rng)
+            texts.append(text)
+            claims.append(claim)
+            neg = syn.swap_relation(claim, s) if rng.random() < 0.5 else None
+            neg = neg or syn.swap_attributes(claim, s)
+            if neg is not None:
+                negs.append(syn.caption_text(neg, rng))
+        pos = torch.tensor([[syn.claim_true(c, s) for s in scenes] for c in claims],
+                           dtype=torch.float32)
+        img = F.normalize(clip.encode_image(pool.pixels[idx]), dim=-1)
+        ids = tokenizer(texts + negs)
+        txt = encode_text_tokens(clip, ids)[3]
+        scale = clip.logit_scale.exp().clamp(max=100)
+        logits = scale * txt @ img.T  # (T + negs, B)
+        t2i = multi_positive_loss(logits[: len(texts)], pos)
+        i2t_pos = torch.cat([pos.T, torch.zeros(len(scenes), len(negs))], dim=1)
+        i2t = multi_positive_loss(logits.T, i2t_pos)
+        loss = 0.5 * (t2i + i2t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(scale):.1f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.encoder_steps:
+            torch.save({"model": clip.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                        "losses": losses}, ckpt)
+    clip.eval()
+    return losses
+
+
+# ---- stage 2 -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def frozen_images(clip: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    clip.visual.output_tokens = True
+    pooled, tokens = clip.visual(pixels)
+    return F.normalize(pooled, dim=-1), tokens
+
+
+@torch.no_grad()
+def frozen_texts(clip: Any, tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, ...]:
+    return encode_text_tokens(clip, tokenizer(texts))
+
+
+def _pair_batch(img: tuple[torch.Tensor, torch.Tensor], txt: tuple[torch.Tensor, ...]) -> Batch:
+    emb, tok = img
+    t_tok, pad, eot, t_emb = txt
+    return Batch(tok, emb, t_tok, pad, eot, t_emb)
+
+
+def match_examples(pool: ScenePool, idx: np.ndarray,
+                   rng: np.random.Generator) -> tuple[list[int], list[str], list[float]]:
+    """(scene index, text, label) with true captions, swapped twins and random captions."""
+    rows: list[tuple[int, str, float]] = []
+    for i in idx:
+        s = pool.scenes[i]
+        claim = syn.full_claim(s) if rng.random() < 0.5 else syn.describe(s, rng)
+        rows.append((i, syn.caption_text(claim, rng), 1.0))
+        for neg in (syn.swap_attributes(claim, s), syn.swap_relation(claim, s)):
+            if neg is not None:
+                rows.append((i, syn.caption_text(neg, rng), 0.0))
+        other = pool.scenes[int(rng.integers(len(pool)))]
+        text, oc = syn.caption(other, rng)
+        rows.append((i, text, float(syn.claim_true(oc, s))))
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
+                 cfg: TrainConfig, work: Path) -> tuple[FusionHeads, dict[str, list[float]]]:
+    """Train late, early, cross1 and attention heads on the frozen encoder."""
+    clip.eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    text_width = clip.token_embedding.weight.shape[1]
+    embed_dim = clip.text_projection.shape[1]
+    with torch.no_grad():
+        _, probe = frozen_images(clip, pool.pixels[:1])
+    fcfg = FusionConfig(text_width, probe.shape[-1], embed_dim, cfg.fusion_width, 4,
+                        cfg.fusion_depth)
+    heads = FusionHeads(fcfg)
+    opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
+    rng = np.random.default_rng(cfg.seed + 1)
+    ckpt = work / "fusion.pt"
+    start = 0
+    losses: dict[str, list[float]] = {"match": [], "compose": []}
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        heads.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, losses = state["step"], state["losses"]
+    bar = tqdm(range(start, cfg.fusion_steps), desc="stage 2: fusion heads", unit="step",
+               initial=start, total=cfg.fusion_steps)
+    half = cfg.batch // 2
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.fusion_steps, cfg.fusion_lr, cfg.warmup)
+        # match: true captions vs attribute/relation swaps vs random captions
+        idx = rng.choice(len(pool), half // 2, replace=False)
+        rows, texts, labels = match_examples(pool, idx, rng)
+        uniq, inv = np.unique(np.asarray(rows), return_inverse=True)
+        emb, tok = frozen_images(clip, pool.pixels[uniq])
+        inv_t = torch.from_numpy(inv)
+        b = _pair_batch((emb[inv_t], tok[inv_t]), frozen_texts(clip, tokenizer, texts))
+        y = torch.tensor(labels)
+        match_loss = sum(
+            F.binary_cross_entropy_with_logits(heads.score(k, b), y) for k in heads.heads
+        )
+        # compose: query from (reference, text) against frozen target embeddings in the batch
+        tidx = rng.choice(len(trip.texts), half, replace=False)
+        r_emb, r_tok = frozen_images(clip, trip.ref[tidx])
+        t_emb, _ = frozen_images(clip, trip.target[tidx])
+        cb = _pair_batch((r_emb, r_tok), frozen_texts(clip, tokenizer,
+                                                      [trip.texts[i] for i in tidx]))
+        keys = [trip.target_keys[i] for i in tidx]
+        pos = torch.tensor([[a == k for k in keys] for a in keys], dtype=torch.float32)
+        # references are hard negatives: the query must move away from the image it started at
+        gallery = torch.cat([t_emb, r_emb])
+        gpos = torch.cat([pos, torch.zeros_like(pos)], dim=1)
+        compose_loss = sum(
+            multi_positive_loss(20.0 * heads.compose(k, cb) @ gallery.T, gpos)
+            for k in heads.heads
+        )
+        loss = match_loss + compose_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
+        opt.step()
+        losses["match"].append(float(match_loss))
+        losses["compose"].append(float(compose_loss))
+        bar.set_postfix(match=f"{np.mean(losses['match'][-20:]):.3f}",
+                        compose=f"{np.mean(losses['compose'][-20:]):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.fusion_steps:
+            torch.save({"model": heads.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                        "losses": losses}, ckpt)
+    return heads.eval(), losses
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+def plot_losses(enc: list[float], fus: dict[str, list[float]], path: Path) -> None:
+    """Write the loss curves as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def smooth(v: list[float], w: int = 25) -> np.ndarray:
+        a = np.asarray(v, np.float64)
+        if len(a) < w:
+            return a
+        return np.convolve(a, np.ones(w) / w, mode="valid")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(smooth(enc))
+    axes[0].set_title("stage 1: dual encoder, multi-positive contrastive loss")
+    axes[0].set_xlabel("step")
+    for k, v in fus.items():
+        axes[1].plot(smooth(v), label=k)
+    axes[1].set_title("stage 2: fusion heads (sum over late/early/cross1/attention)")
+    axes[1].set_xlabel("step")
+    axes[1].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_weights(clip: Any, heads: FusionHeads, cfg: TrainConfig, out: Path) -> dict[str, Path]:
+    """Write the backbone (fp16 safetensors, loadable by open_clip) and the fusion heads."""
+    out.mkdir(parents=True, exist_ok=True)
+    backbone, fusion, fusion_cfg = (out / p.name for p in bundled_paths(cfg.model))
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in clip.state_dict().items()}
+    save_file(sd, str(backbone))
+    fsd = {k: v.detach().to(torch.float16).contiguous() for k, v in heads.state_dict().items()}
+    save_file(fsd, str(fusion))
+    meta = {"config": heads.cfg.to_dict(), "kinds": list(heads.heads),
+            "recipe": {k: v for k, v in asdict(cfg).items() if k != "losses"}}
+    fusion_cfg.write_text(json.dumps(meta, indent=2))
+    return {"backbone": backbone, "fusion": fusion, "fusion_config": fusion_cfg}
+
+
+def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
+    """The whole recipe: render data, stage 1, stage 2, save weights and the loss plot."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    register_configs()
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    clip = open_clip.create_model(cfg.model, pretrained=cfg.pretrained)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    size = open_clip.get_model_preprocess_cfg(clip)["size"]
+    size = size if isinstance(size, int) else size[0]
+    pool = render_pool(cfg.pool, work, size)
+    trip = render_triplets(cfg.triplets, work, size)
+    enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
+    heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)
+    paths = save_weights(clip, heads, cfg, Path(cfg.out))
+    if plot is not None:
+        plot_losses(enc_losses, fus_losses, plot)
+    return {"seconds": round(time.time() - t0, 1), "encoder_loss": enc_losses,
+            "fusion_loss": fus_losses, **{k: str(v) for k, v in paths.items()}}
+
+
+def load_trained(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (used by tests to check saved weights)."""
+    return load_file(str(path))
