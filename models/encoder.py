@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from .errors import ModelLoadError
+from .errors import FusionUnavailable, ModelLoadError
 from .fusion import Batch, FusionConfig, FusionHeads
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class RetrievalModel:
         """
         if self.fusion is None:
             if embeddings is None:
-                raise ModelLoadError("this model has no fusion head; pass embeddings")
+                raise FusionUnavailable("this model has no fusion head; pass embeddings")
             t = self.encode_texts(texts)
             return ((embeddings * t).sum(-1) + 1.0) / 2.0
         emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
@@ -313,7 +313,7 @@ class RetrievalModel:
     def explain(self, tokens: np.ndarray, embedding: np.ndarray, text: str) -> dict[str, Any]:
         """Cross-attention of the text's end token over the image patches, as a grid."""
         if self.fusion is None:
-            raise ModelLoadError("this model has no attention-fusion weights to explain with")
+            raise FusionUnavailable("this model has no attention-fusion weights to explain with")
         b = self._fusion_batch(tokens[None], embedding[None], [text])
         head = self.fusion.heads[FUSION_KIND]
         feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]

@@ -32,3 +32,7 @@ class ImageTooLarge(BadImage):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="image_too_large", status=413)
+
+
+class FusionUnavailable(ModelError):
+    """The loaded model has no attention-fusion weights for this operation."""

@@ -1,0 +1,1 @@
+"""HTTP side of fusion-search: FastAPI app, routers, settings, CLI."""

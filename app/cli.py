@@ -1,0 +1,207 @@
+"""The `fusion-search` command: serve, ingest, demo-data, train, eval, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger("fusion-search")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.data:
+        os.environ["FUSION_DATA_DIR"] = str(args.data)
+    if args.demo:
+        os.environ["FUSION_DEMO"] = "true"
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+                log_level=args.log_level, workers=1)
+    return 0
+
+
+def iter_sources(paths: Sequence[str]) -> Iterator[tuple[Path, str | None]]:
+    """(image path, caption) from folders (recursive), files, and TSVs (filepath, title)."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    yield f, None
+        elif p.suffix.lower() in (".tsv", ".csv"):
+            yield from _read_table(p)
+        else:
+            yield p, None
+
+
+def _read_table(path: Path) -> Iterator[tuple[Path, str | None]]:
+    import csv
+
+    delim = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter=delim)
+        if not reader.fieldnames or "filepath" not in reader.fieldnames:
+            raise SystemExit(f"{path}: needs a 'filepath' column (and optionally 'title')")
+        for row in reader:
+            fp = Path(row["filepath"])
+            yield (fp if fp.is_absolute() else path.parent / fp), (row.get("title") or None)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models import BadImage, decode_image
+
+    from .main import build_service
+    from .routers.images import parse_tags
+    from .settings import Settings
+
+    settings = Settings(data_dir=args.data) if args.data else Settings()
+    service = build_service(settings.model_copy(update={"demo": False}))
+    sources = list(iter_sources(args.paths))
+    tags = parse_tags(args.tags or [])
+    bad: list[tuple[str, str]] = []
+    added = skipped = 0
+
+    def load(src: tuple[Path, str | None]) -> tuple[Path, str | None, bytes | None, object]:
+        path, caption = src
+        try:
+            data = path.read_bytes()
+            return path, caption, data, decode_image(data, settings.max_pixels)
+        except (OSError, BadImage) as exc:
+            return path, caption, None, exc
+
+    bar = tqdm(total=len(sources), desc="ingest", unit="img")
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        for start in range(0, len(sources), args.batch):
+            chunk = list(pool.map(load, sources[start : start + args.batch]))
+            records = []
+            for src, caption, data, result in chunk:
+                if data is None or isinstance(result, Exception):
+                    bad.append((str(src), str(result)))
+                    continue
+                records.append((data, result, src.name, args.caption or caption, tags))
+            if records:
+                for _, dup in service.store_decoded(records):  # type: ignore[arg-type]
+                    added, skipped = added + (not dup), skipped + dup
+            bar.update(len(chunk))
+            bar.set_postfix(added=added, skipped=skipped, bad=len(bad))
+    bar.close()
+    service.store.close()
+    for path, why in bad:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(json.dumps({"added": added, "already_present": skipped, "bad": len(bad)}))
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from models import synthetic as syn
+
+    tsv = syn.write_dataset(Path(args.out), args.n, split=args.split)
+    print(tsv)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.train import TrainConfig, run
+
+    cfg = TrainConfig(model=args.backbone, pretrained=args.pretrained, data=args.data,
+                      out=args.out, work_dir=args.work_dir, encoder_steps=args.encoder_steps,
+                      fusion_steps=args.fusion_steps, batch=args.batch, pool=args.pool,
+                      triplets=args.triplets, threads=args.threads)
+    result = run(cfg, plot=Path(args.plot) if args.plot else None)
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("loss")}))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate
+
+    from models import load_model
+
+    model = load_model(args.model, args.pretrained, precision=args.precision)
+    report = evaluate(model, n=args.n, depth=args.depth)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main([args.what] + (["--quick"] if args.quick else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusion-search", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data", help="data dir (default FUSION_DATA_DIR or ./data)")
+    s.add_argument("--demo", action="store_true", help="seed generated scenes when empty")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("ingest", help="add images from folders, files or a TSV")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--data")
+    s.add_argument("--caption", help="caption for every image (TSV titles otherwise)")
+    s.add_argument("--tags", action="append", help="tags for every image (comma-separated)")
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
+    s.set_defaults(fn=_ingest)
+
+    s = sub.add_parser("demo-data", help="write generated scenes (PNG) and captions.tsv")
+    s.add_argument("out")
+    s.add_argument("--n", type=int, default=300)
+    s.add_argument("--split", default="val", choices=["train", "val", "test", "heldout"])
+    s.set_defaults(fn=_demo_data)
+
+    s = sub.add_parser("train", help="train the dual encoder and fusion heads")
+    s.add_argument("--backbone", default="fusion-tiny")
+    s.add_argument("--pretrained", default=None)
+    s.add_argument("--data", default=None, help="TSV of your own captioned images")
+    s.add_argument("--out", default="models/weights")
+    s.add_argument("--work-dir", default="runs/train")
+    s.add_argument("--encoder-steps", type=int, default=1400)
+    s.add_argument("--fusion-steps", type=int, default=700)
+    s.add_argument("--batch", type=int, default=192)
+    s.add_argument("--pool", type=int, default=24000)
+    s.add_argument("--triplets", type=int, default=12000)
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--plot", default="docs/training-loss.png")
+    s.set_defaults(fn=_train)
+
+    s = sub.add_parser("eval", help="retrieval metrics on the synthetic test split")
+    s.add_argument("--model", default="fusion-tiny")
+    s.add_argument("--pretrained", default=None)
+    s.add_argument("--precision", default="auto")
+    s.add_argument("--n", type=int, default=1000, help="gallery size")
+    s.add_argument("--depth", type=int, default=20, help="re-rank depth")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_eval)
+
+    s = sub.add_parser("bench", help="benchmarks (JSON + PNG under bench/results)")
+    s.add_argument("what", choices=["encode", "index", "http", "ingest", "all"])
+    s.add_argument("--quick", action="store_true")
+    s.set_defaults(fn=_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Dependencies shared by the routers, as Annotated aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from .errors import ApiError
+from .service import SearchService
+from .settings import Settings
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_service(request: Request) -> SearchService:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        raise ApiError(503, "not_ready", "the model and index are still loading")
+    return service  # type: ignore[no-any-return]
+
+
+def _check_key(settings: Settings, given: str | None) -> None:
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    if given is None or not hmac.compare_digest(given.encode(), expected):
+        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
+
+
+def require_write(
+    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """Writes need the API key whenever one is configured."""
+    _check_key(get_settings(request), key)
+
+
+def require_read(
+    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """Reads need the API key only with FUSION_PROTECT_READS=true."""
+    settings = get_settings(request)
+    if settings.protect_reads:
+        _check_key(settings, key)
+
+
+ServiceDep = Annotated[SearchService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+WriteAuth = Depends(require_write)
+ReadAuth = Depends(require_read)

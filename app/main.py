@@ -1,0 +1,96 @@
+"""FastAPI app factory: settings, middleware and routers here; heavy objects in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from index import Store
+from models import load_model
+
+from . import errors
+from .demo import seed_demo
+from .limits import BodyLimit
+from .metrics import Metrics, MetricsMiddleware
+from .routers import images, search, system
+from .service import SearchService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def build_service(settings: Settings) -> SearchService:
+    """Load the model, open the store (replaying or rebuilding its index), seed the demo."""
+    import torch
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    model = load_model(settings.model, settings.pretrained, fusion=settings.fusion_weights,
+                       precision=settings.precision, device=settings.device)
+    store = Store.open(settings.data_dir, dim=model.embed_dim, model_name=model.name,
+                       factory=settings.index_type, memory_budget=int(settings.memory_budget),
+                       snapshot_every=settings.snapshot_every)
+    service = SearchService(model, store, rerank_depth=settings.rerank_depth,
+                            max_pixels=settings.max_pixels)
+    if settings.demo and settings.demo_count and store.stats()["count"] == 0:
+        seed_demo(service, settings.demo_count)
+    return service
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    service = await anyio.to_thread.run_sync(build_service, settings)
+    app.state.service = service
+    log.info("ready: %s", service.info())
+    try:
+        yield
+    finally:
+        app.state.service = None
+        await anyio.to_thread.run_sync(service.store.close)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from the environment (FUSION_*) unless given."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="fusion-search",
+        version="0.1.0",
+        description="Image-text retrieval: text->image, image->image, image->text and composed "
+        "search over a CLIP-style dual encoder, re-ranked by attention fusion.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = None
+    app.state.metrics = Metrics()
+    errors.install(app)
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(images.router)
+    api.include_router(search.router)
+    api.include_router(system.info_router)
+    app.include_router(api)
+    app.include_router(system.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Content-Type", "X-API-Key"])
+    app.add_middleware(BodyLimit, limit=int(settings.max_request_bytes))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def page() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html",
+                                headers={"X-Content-Type-Options": "nosniff"})
+
+    return app

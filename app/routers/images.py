@@ -1,0 +1,135 @@
+"""/api/v1/images: upload, list, get, file, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from index import Item
+
+from ..deps import ReadAuth, ServiceDep, SettingsDep, WriteAuth
+from ..errors import ERROR_RESPONSES, ApiError
+from ..schemas import ItemOut, ItemPage, UploadResponse
+from ..service import FileIn
+
+router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
+
+MAX_CAPTION_CHARS = 2000
+MAX_TAGS = 50
+MAX_TAG_CHARS = 64
+
+
+def item_out(request: Request, item: Item, duplicate: bool = False) -> ItemOut:
+    return ItemOut(
+        id=item.id, caption=item.caption, tags=item.tags,
+        file_url=str(request.url_for("image_file", item_id=item.id).path),
+        content_type=item.content_type, width=item.width, height=item.height, bytes=item.bytes,
+        sha256=item.sha256, original_name=item.original_name, created_at=item.created_at,
+        duplicate=duplicate,
+    )
+
+
+def parse_tags(raw: list[str] | None) -> list[str]:
+    """Tags from repeated fields and/or comma-separated values; trimmed, lower-cased, unique."""
+    tags: list[str] = []
+    for value in raw or []:
+        for tag in value.replace("\x00", "").split(","):
+            tag = tag.strip().lower()
+            if tag and tag not in tags:
+                if len(tag) > MAX_TAG_CHARS:
+                    raise ApiError(422, "validation_error",
+                                   f"tags are at most {MAX_TAG_CHARS} characters")
+                tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise ApiError(422, "validation_error", f"at most {MAX_TAGS} tags")
+    return tags
+
+
+def clean_caption(caption: str | None) -> str | None:
+    if caption is None:
+        return None
+    caption = caption.replace("\x00", " ").strip()
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise ApiError(422, "validation_error",
+                       f"caption is at most {MAX_CAPTION_CHARS} characters")
+    return caption or None
+
+
+async def read_upload(upload: StarletteUpload, limit: int) -> FileIn:
+    """Read one part, refusing it once it passes the per-file limit."""
+    if upload.size is not None and upload.size > limit:
+        raise ApiError(413, "file_too_large", f"{upload.filename!r} is over the {limit}-byte limit")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "file_too_large", f"{upload.filename!r} is over the {limit}-byte limit")
+    return FileIn(data=data, filename=upload.filename)
+
+
+@router.post("", status_code=201, response_model=UploadResponse, dependencies=[WriteAuth],
+             responses={507: {"description": "Not enough storage"}},
+             summary="Upload one or more images with an optional caption and tags")
+async def upload_images(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
+    file: Annotated[UploadFile | None, File(description="a single image")] = None,
+    caption: Annotated[str | None, Form()] = None,
+    tags: Annotated[list[str] | None, Form(description="repeat or comma-separate")] = None,
+) -> UploadResponse:
+    uploads = list(files or []) + ([file] if file is not None else [])
+    if not uploads:
+        raise ApiError(400, "no_file", "send at least one image as multipart field 'files'")
+    if len(uploads) > settings.max_files_per_request:
+        raise ApiError(413, "too_many_files",
+                       f"at most {settings.max_files_per_request} files per request")
+    limit = int(settings.max_upload_bytes)
+    received = [await read_upload(u, limit) for u in uploads]
+    results = await run_in_threadpool(
+        service.upload, received, clean_caption(caption), parse_tags(tags)
+    )
+    return UploadResponse(items=[item_out(request, it, dup) for it, dup in results])
+
+
+@router.get("", response_model=ItemPage, dependencies=[ReadAuth], summary="List stored images")
+def list_images(
+    request: Request,
+    service: ServiceDep,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    tag: Annotated[str | None, Query(max_length=MAX_TAG_CHARS)] = None,
+) -> ItemPage:
+    clean = tag.strip().lower() if tag else None
+    items, total = service.store.list(offset=offset, limit=limit, tag=clean or None)
+    return ItemPage(items=[item_out(request, it) for it in items], total=total, offset=offset,
+                    limit=limit)
+
+
+@router.get("/{item_id}", response_model=ItemOut, dependencies=[ReadAuth],
+            summary="One image's metadata")
+def get_image(request: Request, service: ServiceDep, item_id: int) -> ItemOut:
+    return item_out(request, service.store.get(item_id))
+
+
+@router.get("/{item_id}/file", name="image_file", dependencies=[ReadAuth],
+            response_class=FileResponse, summary="The stored image file",
+            responses={200: {"content": {"image/*": {}}, "description": "the image bytes"}})
+def image_file(service: ServiceDep, item_id: int) -> FileResponse:
+    path, content_type = service.store.file_path(item_id)
+    return FileResponse(
+        path, media_type=content_type,
+        headers={"X-Content-Type-Options": "nosniff",
+                 "Cache-Control": "private, max-age=31536000, immutable",
+                 "Content-Security-Policy": "default-src 'none'; sandbox"},
+    )
+
+
+@router.delete("/{item_id}", response_model=ItemOut, dependencies=[WriteAuth],
+               summary="Delete an image (row, vector and file)")
+def delete_image(request: Request, service: ServiceDep, item_id: int) -> ItemOut:
+    item = service.delete(item_id)
+    return item_out(request, item)

@@ -1,0 +1,156 @@
+"""/api/v1/search/{text,image,composed} and /api/v1/explain."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from index import Item
+
+from ..deps import ReadAuth, ServiceDep, SettingsDep
+from ..errors import ERROR_RESPONSES, ApiError
+from ..schemas import (
+    ComposedIdSearch,
+    ExplainRequest,
+    Explanation,
+    Hit,
+    ImageIdSearch,
+    SearchResponse,
+    TextSearch,
+)
+from ..service import Results
+from ..settings import Settings
+from .images import read_upload
+
+router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[ReadAuth])
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _hit(request: Request, item: Item, score: float, match: float | None) -> Hit:
+    return Hit(id=item.id, score=round(score, 6),
+               match=None if match is None else round(match, 6),
+               caption=item.caption, tags=item.tags,
+               file_url=str(request.url_for("image_file", item_id=item.id).path))
+
+
+def _response(request: Request, results: Results, fusion: str) -> SearchResponse:
+    return SearchResponse(
+        hits=[_hit(request, h.item, h.score, h.match) for h in results.hits],
+        took_ms=results.took_ms, reranked=results.reranked, fusion=fusion,
+    )
+
+
+def _multipart_schema(text_field: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary"},
+        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+        "tags": {"type": "string", "description": "comma-separated"},
+    }
+    required = ["file"]
+    if text_field:
+        props["text"] = {"type": "string", "minLength": 1}
+        required.append("text")
+    else:
+        props["target"] = {"type": "string", "enum": ["images", "captions"]}
+    return {"type": "object", "properties": props, "required": required}
+
+
+def _openapi(json_model: type[BaseModel], text_field: bool) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}},
+        "multipart/form-data": {"schema": _multipart_schema(text_field)},
+    }}}
+
+
+def _validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+        raise ApiError(422, "validation_error", "; ".join(msgs)) from exc
+
+
+async def _read_body(request: Request, settings: Settings) -> tuple[dict[str, Any], Any]:
+    """JSON body, or multipart fields plus the uploaded file (decoded later)."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "no_file", "send the query image as multipart field 'file' "
+                                           "or JSON with image_id")
+        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+        if "tags" in fields:
+            fields["tags"] = [t.strip() for t in fields["tags"].split(",") if t.strip()]
+        if "k" in fields:
+            fields["k"] = fields["k"].strip()
+        data = await read_upload(upload, int(settings.max_upload_bytes))
+        return fields, data
+    if ctype.startswith("application/json") or not ctype:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise ApiError(422, "validation_error", "the JSON body must be an object")
+        return body, None
+    raise ApiError(415, "unsupported_media_type",
+                   "send application/json or multipart/form-data")
+
+
+def _fusion(service: Any) -> str:
+    return "attention" if service.model.has_fusion else "late"
+
+
+@router.post("/search/text", response_model=SearchResponse, summary="Text -> image search")
+def search_text(request: Request, body: TextSearch, service: ServiceDep) -> SearchResponse:
+    results = service.search_text(body.query, body.k, body.tags, body.rerank)
+    return _response(request, results, _fusion(service))
+
+
+@router.post("/search/image", response_model=SearchResponse, openapi_extra=_openapi(
+    ImageIdSearch, text_field=False), summary="Image -> image or image -> caption search")
+async def search_image(request: Request, service: ServiceDep,
+                       settings: SettingsDep) -> SearchResponse:
+    fields, upload = await _read_body(request, settings)
+    if upload is not None:
+        fields.setdefault("image_id", 1)  # validated separately from the file
+        q = _validate(ImageIdSearch, fields)
+        image = await run_in_threadpool(service.decode, upload.data)
+        results = await run_in_threadpool(service.search_image, image, None, q.k, q.tags,
+                                          q.target)
+    else:
+        q = _validate(ImageIdSearch, fields)
+        results = await run_in_threadpool(service.search_image, None, q.image_id, q.k, q.tags,
+                                          q.target)
+    return _response(request, results, _fusion(service))
+
+
+@router.post("/search/composed", response_model=SearchResponse, openapi_extra=_openapi(
+    ComposedIdSearch, text_field=True), summary="Image + modifying text -> image search")
+async def search_composed(request: Request, service: ServiceDep,
+                          settings: SettingsDep) -> SearchResponse:
+    fields, upload = await _read_body(request, settings)
+    if upload is not None:
+        fields.setdefault("image_id", 1)
+        q = _validate(ComposedIdSearch, fields)
+        image = await run_in_threadpool(service.decode, upload.data)
+        results = await run_in_threadpool(service.search_composed, image, None, q.text, q.k,
+                                          q.tags)
+    else:
+        q = _validate(ComposedIdSearch, fields)
+        results = await run_in_threadpool(service.search_composed, None, q.image_id, q.text,
+                                          q.k, q.tags)
+    return _response(request, results, _fusion(service))
+
+
+@router.post("/explain", response_model=Explanation,
+             summary="Why this hit: attention of the text over the image's patches")
+def explain(body: ExplainRequest, service: ServiceDep) -> Explanation:
+    out = service.explain(body.image_id, body.text)
+    return Explanation(image_id=body.image_id, text=body.text, **out)  # type: ignore[arg-type]

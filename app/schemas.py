@@ -1,0 +1,123 @@
+"""Request and response models of the REST API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 100_000
+
+
+def _clean_text(v: str) -> str:
+    v = v.replace("\x00", " ")
+    if not v.strip():
+        raise ValueError("must not be empty or whitespace")
+    return v
+
+
+class ItemOut(BaseModel):
+    id: int
+    caption: str | None
+    tags: list[str]
+    file_url: str
+    content_type: str
+    width: int | None
+    height: int | None
+    bytes: int | None
+    sha256: str
+    original_name: str | None
+    created_at: float
+    duplicate: bool = False
+
+
+class UploadResponse(BaseModel):
+    items: list[ItemOut]
+
+
+class ItemPage(BaseModel):
+    items: list[ItemOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class Hit(BaseModel):
+    id: int
+    score: float = Field(description="cosine similarity of the query and the image")
+    match: float | None = Field(None, description="attention-fusion match probability (re-rank)")
+    caption: str | None
+    tags: list[str]
+    file_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    took_ms: float
+    reranked: bool
+    fusion: str
+
+
+class _SearchBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, le=MAX_K)
+    tags: list[str] | None = Field(None, max_length=50)
+
+
+class TextSearch(_SearchBase):
+    query: str = Field(..., max_length=MAX_QUERY_CHARS,
+                       description="free text; longer than the model's context is truncated")
+    rerank: bool | None = Field(None, description="attention re-rank (default: on when trained)")
+
+    _clean = field_validator("query")(_clean_text)
+
+
+class ImageIdSearch(_SearchBase):
+    image_id: int = Field(..., ge=1, le=2**62)
+    target: Literal["images", "captions"] = "images"
+
+
+class ComposedIdSearch(_SearchBase):
+    image_id: int = Field(..., ge=1, le=2**62)
+    text: str = Field(..., max_length=MAX_QUERY_CHARS)
+
+    _clean = field_validator("text")(_clean_text)
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: int = Field(..., ge=1, le=2**62)
+    text: str = Field(..., max_length=MAX_QUERY_CHARS)
+
+    _clean = field_validator("text")(_clean_text)
+
+
+class Explanation(BaseModel):
+    image_id: int
+    text: str
+    probability: float = Field(description="attention-fusion match probability")
+    grid: list[list[float]] = Field(description="attention over image patches, rows x cols")
+    rows: int
+    cols: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Info(BaseModel):
+    model: str
+    dim: int
+    trained: bool
+    has_fusion: bool
+    fusion: str
+    precision: str
+    index: str
+    items: int
+    vectors: int
+    rerank_depth: int
+    auth: dict[str, bool]
+    limits: dict[str, int]

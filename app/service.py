@@ -1,0 +1,264 @@
+"""The retrieval service: wires a model (models/) to a store (index/). No HTTP here."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from index import Item, Store, Upload
+from index.vectors import VectorIndex
+from models import DecodedImage, RetrievalModel, decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileIn:
+    """One uploaded file as received."""
+
+    data: bytes
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class ScoredHit:
+    item: Item
+    score: float
+    match: float | None = None
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: list[ScoredHit]
+    took_ms: float
+    reranked: bool
+
+
+class CaptionIndex:
+    """Text embeddings of stored captions for image->text search.
+
+    Derived data: built from the catalog on first use and kept current on upload and delete.
+    """
+
+    def __init__(self, model: RetrievalModel, store: Store) -> None:
+        self._model = model
+        self._store = store
+        self._index: VectorIndex | None = None
+        self._lock = threading.Lock()
+
+    def _build(self) -> VectorIndex:
+        index = VectorIndex.create(self._model.embed_dim, "Flat")
+        offset, page = 0, 2000
+        while True:
+            items, total = self._store.list(offset=offset, limit=page)
+            self._add_to(index, items)
+            offset += page
+            if offset >= total:
+                return index
+
+    def _add_to(self, index: VectorIndex, items: Sequence[Item]) -> None:
+        captioned = [it for it in items if it.caption]
+        if captioned:
+            vecs = self._model.encode_texts([it.caption or "" for it in captioned])
+            index.add(np.asarray([it.id for it in captioned], np.int64), vecs)
+
+    def ensure(self) -> VectorIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = self._build()
+            return self._index
+
+    def added(self, items: Sequence[Item]) -> None:
+        with self._lock:
+            if self._index is not None:
+                self._add_to(self._index, items)
+
+    def removed(self, item_id: int) -> None:
+        with self._lock:
+            if self._index is not None:
+                self._index.remove([item_id])
+
+
+class SearchService:
+    """Upload, search and explain, over one model and one store."""
+
+    def __init__(
+        self,
+        model: RetrievalModel,
+        store: Store,
+        *,
+        rerank_depth: int = 20,
+        max_pixels: int = 40_000_000,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.rerank_depth = rerank_depth
+        self.max_pixels = max_pixels
+        self.captions = CaptionIndex(model, store)
+
+    # ---- writes -------------------------------------------------------------------------------
+    def decode(self, data: bytes) -> DecodedImage:
+        """Raises BadImage / UnsupportedImageType / ImageTooLarge."""
+        return decode_image(data, self.max_pixels)
+
+    def upload(
+        self, files: Sequence[FileIn], caption: str | None, tags: Sequence[str]
+    ) -> list[tuple[Item, bool]]:
+        """Decode every file first (all or nothing), then encode and store them in one batch.
+
+        Raises BadImage (and subclasses) before anything is written; StorageFull.
+        """
+        decoded = [self.decode(f.data) for f in files]
+        pairs = zip(files, decoded, strict=True)
+        return self.store_decoded([(f.data, d, f.filename, caption, list(tags)) for f, d in pairs])
+
+    def store_decoded(
+        self,
+        records: Sequence[tuple[bytes, DecodedImage, str | None, str | None, list[str]]],
+    ) -> list[tuple[Item, bool]]:
+        """Encode already decoded images and store them in one catalog transaction."""
+        digests = [hashlib.sha256(data).hexdigest() for data, *_ in records]
+        todo = [i for i, sha in enumerate(digests) if self.store.get_by_sha(sha) is None]
+        emb = np.zeros((0, self.model.embed_dim), np.float32)
+        tok: np.ndarray | None = None
+        if todo:
+            emb, tok = self.model.encode_images_with_tokens([records[i][1].image for i in todo])
+        vec_of = {i: j for j, i in enumerate(todo)}
+        uploads = []
+        for i, (data, img, name, caption, tags) in enumerate(records):
+            j = vec_of.get(i)
+            uploads.append(Upload(
+                data=data, sha256=digests[i], ext=img.ext, content_type=img.content_type,
+                embedding=emb[j] if j is not None else np.zeros(self.model.embed_dim, np.float32),
+                tokens=tok[j] if (j is not None and tok is not None) else None,
+                width=img.width, height=img.height, original_name=_safe_name(name),
+                caption=(caption or None), tags=tags,
+            ))
+        results = self.store.add_many(uploads)
+        self.captions.added([item for item, dup in results if not dup])
+        return results
+
+    def delete(self, item_id: int) -> Item:
+        """Raises ItemNotFound."""
+        item = self.store.delete(item_id)
+        self.captions.removed(item_id)
+        return item
+
+    # ---- searches -----------------------------------------------------------------------------
+    def _hits(self, pairs: Sequence[tuple[int, float]], k: int,
+              match: dict[int, float] | None = None) -> list[ScoredHit]:
+        items = self.store.get_many([i for i, _ in pairs])
+        out = []
+        for item_id, score in pairs:
+            item = items.get(item_id)
+            if item is not None:  # deleted while we searched
+                out.append(ScoredHit(item, float(score), (match or {}).get(item_id)))
+            if len(out) == k:
+                break
+        return out
+
+    def search_text(self, query: str, k: int, tags: Sequence[str] | None,
+                    rerank: bool | None) -> Results:
+        t0 = time.perf_counter()
+        qvec = self.model.encode_texts([query])
+        do_rerank = self.model.has_fusion if rerank is None else rerank
+        depth = max(k, self.rerank_depth) if do_rerank else k
+        pairs = self.store.search(qvec, depth + 2, tags=tags)[0]
+        match: dict[int, float] | None = None
+        if do_rerank and pairs:
+            pairs, match = self._rerank(query, pairs)
+        return Results(self._hits(pairs, k, match), _ms(t0), do_rerank)
+
+    def _rerank(self, query: str, pairs: list[tuple[int, float]]
+                ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        head = pairs[: self.rerank_depth]
+        ids = [i for i, _ in head]
+        try:
+            tokens = self.store.tokens(ids)
+        except Exception as exc:  # an item stored without tokens or deleted meanwhile
+            log.info("re-rank skipped: %s", exc)
+            return pairs, {}
+        emb = np.stack([self.store.embedding(i) for i in ids]) if not self.model.has_fusion \
+            else None
+        probs = self.model.match(tokens, [query], embeddings=emb)
+        order = sorted(range(len(head)), key=lambda j: (-float(probs[j]), -head[j][1]))
+        return [head[j] for j in order] + pairs[len(head):], \
+            {ids[j]: float(probs[j]) for j in range(len(ids))}
+
+    def search_vector(self, qvec: np.ndarray, k: int, tags: Sequence[str] | None,
+                      exclude: Sequence[int] = ()) -> list[ScoredHit]:
+        pairs = self.store.search(qvec[None, :], k + 2, tags=tags, exclude_ids=set(exclude))[0]
+        return self._hits(pairs, k)
+
+    def search_image(self, image: DecodedImage | None, image_id: int | None, k: int,
+                     tags: Sequence[str] | None, target: str) -> Results:
+        """Raises ItemNotFound for an unknown image_id."""
+        t0 = time.perf_counter()
+        if image_id is not None:
+            self.store.get(image_id)
+            qvec = self.store.embedding(image_id)
+            exclude: list[int] = [image_id]
+        else:
+            assert image is not None
+            qvec = self.model.encode_images([image.image])[0]
+            exclude = []
+        if target == "captions":
+            index = self.captions.ensure()
+            pairs = index.search(qvec[None, :], k + 2, block=set(exclude))[0]
+            hits = self._hits(pairs, k)
+            if tags:
+                wanted = set(tags)
+                hits = [h for h in hits if wanted.issubset(h.item.tags)]
+            return Results(hits, _ms(t0), False)
+        return Results(self.search_vector(qvec, k, tags, exclude), _ms(t0), False)
+
+    def search_composed(self, image: DecodedImage | None, image_id: int | None, text: str,
+                        k: int, tags: Sequence[str] | None) -> Results:
+        """Raises ItemNotFound for an unknown image_id."""
+        t0 = time.perf_counter()
+        if image_id is not None:
+            self.store.get(image_id)
+            emb = self.store.embedding(image_id)[None, :]
+            tokens = self._tokens_or_encode(image_id)
+            qvec = self.model.compose_from(tokens, emb, [text])[0]
+            exclude = [image_id]
+        else:
+            assert image is not None
+            qvec = self.model.compose([image.image], [text])[0]
+            exclude = []
+        return Results(self.search_vector(qvec, k, tags, exclude), _ms(t0), False)
+
+    def _tokens_or_encode(self, item_id: int) -> np.ndarray:
+        try:
+            return self.store.tokens([item_id])
+        except Exception:  # stored without tokens: re-encode the stored file
+            path, _ = self.store.file_path(item_id)
+            img = decode_image(path.read_bytes(), self.max_pixels)
+            return self.model.image_tokens([img.image])
+
+    def explain(self, image_id: int, text: str) -> dict[str, object]:
+        """Raises ItemNotFound; ModelLoadError when the model has no fusion head."""
+        self.store.get(image_id)
+        tokens = self._tokens_or_encode(image_id)[0]
+        emb = self.store.embedding(image_id)
+        return self.model.explain(tokens, emb, text)
+
+    def info(self) -> dict[str, object]:
+        return {**self.model.info(), **self.store.stats()}
+
+
+def _safe_name(name: str | None) -> str | None:
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
+    return base[:255] or None
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)

@@ -1,0 +1,48 @@
+"""Typed settings from the environment (prefix FUSION_), built in the lifespan, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import ByteSize, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; invalid values fail at start with a clear message."""
+
+    model_config = SettingsConfigDict(env_prefix="FUSION_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    model: str = "fusion-tiny"
+    pretrained: str | None = None
+    fusion_weights: str | None = None
+    precision: str = Field("auto", pattern="^(auto|fp32|bf16)$")
+    device: str = "cpu"
+    torch_threads: int = Field(0, ge=0, le=256)
+    max_upload_bytes: ByteSize = ByteSize(25 * 1024 * 1024)
+    max_request_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
+    max_files_per_request: int = Field(64, ge=1, le=1000)
+    max_pixels: int = Field(40_000_000, ge=1)
+    api_key: SecretStr | None = None
+    protect_reads: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rerank_depth: int = Field(20, ge=1, le=1000)
+    index_type: str = "auto"
+    memory_budget: ByteSize = ByteSize(2 * 1024**3)
+    snapshot_every: int = Field(1000, ge=1)
+    demo: bool = False
+    demo_count: int = Field(300, ge=0, le=100_000)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
