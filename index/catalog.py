@@ -1,0 +1,540 @@
+"""The SQLite catalog: one row per image, the source of truth every other structure derives from.
+
+WAL mode lets readers run while one writer commits; ``synchronous=FULL`` makes a returned commit
+survive power loss. Writes go through one connection behind a lock; reads borrow a connection
+from a small pool so threads never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from index.errors import (
+    DimensionMismatch,
+    ItemNotFound,
+    ModelMismatch,
+    StorageFull,
+    StoreError,
+    TokensUnavailable,
+)
+
+__all__ = ["Catalog", "Item", "NewItem"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT UNIQUE NOT NULL,
+    file TEXT NOT NULL,
+    original_name TEXT,
+    content_type TEXT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    caption TEXT,
+    created_at REAL NOT NULL,
+    bytes INTEGER,
+    embedding BLOB NOT NULL,
+    tokens BLOB,
+    tokens_shape TEXT
+);
+CREATE INDEX IF NOT EXISTS items_file ON items(file);
+CREATE TABLE IF NOT EXISTS item_tags (
+    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (item_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_tags_tag ON item_tags(tag, item_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_ITEM_COLUMNS = """
+    id, sha256, file, original_name, content_type, width, height, caption, created_at, bytes,
+    (SELECT json_group_array(tag) FROM
+        (SELECT tag FROM item_tags WHERE item_id = items.id ORDER BY tag)) AS tags
+"""
+
+_BUSY_TIMEOUT_MS = 10_000
+_POOL_SIZE = 8
+# Stay well under SQLite's bound-parameter limit in IN (...) lists.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Item:
+    """Metadata of one stored image (no vectors)."""
+
+    id: int
+    sha256: str
+    file: str
+    original_name: str | None
+    content_type: str
+    width: int | None
+    height: int | None
+    caption: str | None
+    tags: list[str]
+    created_at: float
+    bytes: int | None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """A row to insert; ``embedding`` is (D,) float32, ``tokens`` (T, W) float16 or None."""
+
+    sha256: str
+    file: str
+    content_type: str
+    embedding: npt.NDArray[np.float32]
+    original_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    caption: str | None = None
+    tags: Sequence[str] = field(default_factory=tuple)
+    tokens: npt.NDArray[np.float16] | None = None
+    bytes: int | None = None
+
+
+def _is_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    )
+
+
+def _item(row: Sequence[object]) -> Item:
+    (id_, sha, file, original, ctype, width, height, caption, created, size, tags) = row
+    return Item(
+        id=int(id_),  # type: ignore[call-overload]
+        sha256=str(sha),
+        file=str(file),
+        original_name=original,  # type: ignore[arg-type]
+        content_type=str(ctype),
+        width=width,  # type: ignore[arg-type]
+        height=height,  # type: ignore[arg-type]
+        caption=caption,  # type: ignore[arg-type]
+        tags=json.loads(str(tags)),
+        created_at=float(created),  # type: ignore[arg-type]
+        bytes=size,  # type: ignore[arg-type]
+    )
+
+
+def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class Catalog:
+    """SQLite-backed item catalog. Safe to use from many threads at once."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating if needed) the catalog at ``path``.
+
+        Raises StoreError when the file is not a usable SQLite database.
+        """
+        self.path = path
+        self._write_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._closed = False
+        try:
+            self._writer = self._connect()
+            mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"could not switch {path} to WAL mode (got {mode})")
+            self._writer.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # explicit BEGIN/COMMIT only
+            check_same_thread=False,  # pooled: used by one thread at a time, not always the same
+        )
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the catalog is closed")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection inside one read transaction (a consistent snapshot)."""
+        self._check_open()
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            return
+        with self._pool_lock:
+            if not self._closed and self._idle.qsize() < _POOL_SIZE:
+                self._idle.put(conn)
+                return
+        conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside one IMMEDIATE transaction, committed on success.
+
+        Raises StorageFull when SQLite reports a full disk; the transaction is rolled back.
+        """
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if _is_full(exc):
+                    raise StorageFull("no space left to write the catalog") from exc
+                raise
+
+    # -- model -------------------------------------------------------------------------------
+
+    def check_model(self, name: str, dim: int) -> None:
+        """Record the model on first use; afterwards refuse another model's dimension or name.
+
+        An empty catalog adopts the new model. Raises DimensionMismatch when the stored
+        dimension differs, ModelMismatch when only the model name differs.
+        """
+        with self._write() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM items)").fetchone()[0]
+            stored_name, stored_dim = meta.get("model_name"), meta.get("embed_dim")
+            if stored_dim is not None and not empty:
+                if int(stored_dim) != dim:
+                    raise DimensionMismatch(int(stored_dim), dim)
+                if stored_name != name:
+                    raise ModelMismatch(
+                        f"the data dir holds embeddings of model {stored_name!r}, but the "
+                        f"service loaded {name!r}; vectors of two models cannot be compared. "
+                        "Use the original model, or a new data dir for this one",
+                        stored=str(stored_name),
+                        current=name,
+                    )
+            if (stored_name, stored_dim) != (name, str(dim)):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("model_name", name), ("embed_dim", str(dim))],
+                )
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add(self, new: NewItem) -> Item:
+        """Insert one row in its own transaction.
+
+        Raises sqlite3.IntegrityError for a sha256 already stored, StorageFull on a full disk.
+        """
+        return self.add_many([new])[0]
+
+    def add_many(self, news: Sequence[NewItem]) -> list[Item]:
+        """Insert rows in one transaction: all are stored or none.
+
+        Raises sqlite3.IntegrityError for a sha256 already stored, StorageFull on a full disk.
+        """
+        created = time.time()
+        items: list[Item] = []
+        with self._write() as conn:
+            for new in news:
+                tokens, shape = None, None
+                if new.tokens is not None:
+                    tok = np.ascontiguousarray(new.tokens, dtype="<f2")
+                    tokens, shape = tok.tobytes(), ",".join(str(s) for s in tok.shape)
+                cur = conn.execute(
+                    "INSERT INTO items(sha256, file, original_name, content_type, width, height,"
+                    " caption, created_at, bytes, embedding, tokens, tokens_shape)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.sha256,
+                        new.file,
+                        new.original_name,
+                        new.content_type,
+                        new.width,
+                        new.height,
+                        new.caption,
+                        created,
+                        new.bytes,
+                        np.ascontiguousarray(new.embedding, dtype="<f4").tobytes(),
+                        tokens,
+                        shape,
+                    ),
+                )
+                item_id = int(cur.lastrowid or 0)
+                tags = sorted(set(new.tags))
+                conn.executemany(
+                    "INSERT INTO item_tags(item_id, tag) VALUES (?, ?)",
+                    [(item_id, tag) for tag in tags],
+                )
+                items.append(
+                    Item(
+                        id=item_id,
+                        sha256=new.sha256,
+                        file=new.file,
+                        original_name=new.original_name,
+                        content_type=new.content_type,
+                        width=new.width,
+                        height=new.height,
+                        caption=new.caption,
+                        tags=tags,
+                        created_at=created,
+                        bytes=new.bytes,
+                    )
+                )
+        return items
+
+    def delete(self, item_id: int) -> Item:
+        """Delete a row (and its tags) and return what it held.
+
+        Raises ItemNotFound when there is no such row, StorageFull on a full disk.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+            if row is None:
+                raise ItemNotFound(item_id)
+            conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        return _item(row)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, item_id: int) -> Item:
+        """The row with this id. Raises ItemNotFound."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+        if row is None:
+            raise ItemNotFound(item_id)
+        return _item(row)
+
+    def get_by_sha(self, sha256: str) -> Item | None:
+        """The row holding this content digest, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return None if row is None else _item(row)
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Item]:
+        """Rows by id; ids with no row are simply absent from the result."""
+        wanted = sorted({int(i) for i in ids})
+        found: dict[int, Item] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({_marks(len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update((item.id, item) for item in map(_item, rows))
+        return found
+
+    def list(
+        self, offset: int = 0, limit: int = 50, tag: str | None = None
+    ) -> tuple[list[Item], int]:
+        """One page of rows, newest (highest id) first, and the total matching count.
+
+        Raises ValueError for a negative offset or limit.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must not be negative")
+        where = ""
+        args: tuple[str, ...] = ()
+        if tag is not None:
+            where, args = "WHERE id IN (SELECT item_id FROM item_tags WHERE tag = ?)", (tag,)
+        with self._read() as conn:
+            total = conn.execute(f"SELECT COUNT(*) FROM items {where}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        return [_item(r) for r in rows], int(total)
+
+    def count(self) -> int:
+        """Number of rows."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def max_id(self) -> int:
+        """Highest row id present (0 when empty)."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        """Every row id, ascending."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def file_referenced(self, file: str) -> bool:
+        """True when some row points at this stored file name."""
+        with self._read() as conn:
+            row = conn.execute("SELECT 1 FROM items WHERE file = ? LIMIT 1", (file,)).fetchone()
+        return row is not None
+
+    def all_files(self) -> set[str]:
+        """Every stored file name some row points at."""
+        with self._read() as conn:
+            return {r[0] for r in conn.execute("SELECT DISTINCT file FROM items")}
+
+    def ids_with_tags(self, tags: Sequence[str]) -> set[int]:
+        """Ids of the rows carrying every one of ``tags`` (all rows' ids for no tags)."""
+        wanted = sorted(set(tags))
+        with self._read() as conn:
+            if not wanted:
+                return {r[0] for r in conn.execute("SELECT id FROM items")}
+            rows = conn.execute(
+                f"SELECT item_id FROM item_tags WHERE tag IN ({_marks(len(wanted))})"
+                " GROUP BY item_id HAVING COUNT(*) = ?",
+                (*wanted, len(wanted)),
+            )
+            return {r[0] for r in rows}
+
+    def embeddings(
+        self, after_id: int = 0, batch: int = 10_000
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Yield (ids, vectors (n, D) float32) for rows with id > ``after_id``, ascending.
+
+        Each batch is its own read, so a long scan does not hold one snapshot open; callers
+        that need a frozen set of rows hold the writers off themselves.
+        """
+        last = after_id
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT id, embedding FROM items WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield self._stack(rows)
+            last = rows[-1][0]
+
+    def embeddings_for(
+        self, ids: Iterable[int]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(ids, vectors) of the given rows, ascending by id; ids with no row are left out."""
+        wanted = sorted({int(i) for i in ids})
+        rows: list[tuple[int, bytes]] = []
+        with self._read() as conn:
+            for chunk in _chunks(wanted):
+                rows += conn.execute(
+                    f"SELECT id, embedding FROM items WHERE id IN ({_marks(len(chunk))})"
+                    " ORDER BY id",
+                    chunk,
+                ).fetchall()
+        return self._stack(rows)
+
+    @staticmethod
+    def _stack(
+        rows: Sequence[tuple[int, bytes]],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        flat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+        return ids, flat.reshape(len(rows), -1).astype(np.float32, copy=False)
+
+    def tokens(self, ids: Sequence[int]) -> npt.NDArray[np.float16]:
+        """Patch tokens (n, T, W) float16 of the given rows, in the order given.
+
+        Raises ItemNotFound for an id with no row, TokensUnavailable for a row stored without
+        tokens or with tokens of another shape than the first row's.
+        """
+        wanted = [int(i) for i in ids]
+        found: dict[int, tuple[bytes | None, str | None]] = {}
+        with self._read() as conn:
+            for chunk in _chunks(sorted(set(wanted))):
+                rows = conn.execute(
+                    "SELECT id, tokens, tokens_shape FROM items"
+                    f" WHERE id IN ({_marks(len(chunk))})",
+                    chunk,
+                )
+                found.update((r[0], (r[1], r[2])) for r in rows)
+        arrays: list[npt.NDArray[np.float16]] = []
+        for item_id in wanted:
+            if item_id not in found:
+                raise ItemNotFound(item_id)
+            blob, shape_text = found[item_id]
+            if blob is None or not shape_text:
+                raise TokensUnavailable(item_id, "stored without tokens")
+            shape = tuple(int(s) for s in shape_text.split(","))
+            if arrays and shape != arrays[0].shape:
+                raise TokensUnavailable(item_id, f"shape {shape} differs from {arrays[0].shape}")
+            arrays.append(np.frombuffer(blob, dtype="<f2").reshape(shape).astype(np.float16))
+        if not arrays:
+            return np.zeros((0, 0, 0), dtype=np.float16)
+        return np.stack(arrays)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result: "ok", or the problems found."""
+        with self._read() as conn:
+            return "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
+
+    def backup(self, dest_path: Path) -> None:
+        """Copy a consistent snapshot of the catalog to ``dest_path`` while it stays in use.
+
+        Raises StoreError when the copy fails.
+        """
+        self._check_open()
+        try:
+            with contextlib.closing(sqlite3.connect(dest_path)) as dest:
+                with contextlib.closing(self._connect()) as src:
+                    src.backup(dest)
+        except sqlite3.Error as exc:
+            raise StoreError(f"backup to {dest_path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every connection; later calls raise StoreError. Idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            with self._pool_lock:
+                self._closed = True
+            self._writer.close()
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return

@@ -1,0 +1,63 @@
+"""Domain errors raised by the index package; app/errors.py maps them to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the index package raises on purpose."""
+
+
+class ItemNotFound(StoreError, LookupError):
+    """No catalog row has this id (HTTP 404)."""
+
+    def __init__(self, item_id: int) -> None:
+        super().__init__(f"item {item_id} not found")
+        self.item_id = item_id
+
+
+class StorageFull(StoreError):
+    """The disk (or the user's quota) is full; nothing was stored (HTTP 507)."""
+
+
+class ModelMismatch(StoreError):
+    """The data dir was written by another model than the one now loaded."""
+
+    def __init__(self, message: str, *, stored: str, current: str) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.current = current
+
+
+class DimensionMismatch(ModelMismatch):
+    """Stored vectors (or a vector passed in) have another dimension than the model's."""
+
+    def __init__(self, stored_dim: int, model_dim: int, *, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or (
+                f"the data dir holds {stored_dim}-dimensional embeddings but the model produces "
+                f"{model_dim}-dimensional ones; re-embed the collection with this model "
+                "(ingest the images again into a new data dir) or point the service at a new, "
+                "empty data dir"
+            ),
+            stored=str(stored_dim),
+            current=str(model_dim),
+        )
+        self.stored_dim = stored_dim
+        self.model_dim = model_dim
+
+
+class IndexNotReady(StoreError):
+    """The vector index is not available (store closed, or being rebuilt after a failure)."""
+
+
+class TokensUnavailable(StoreError):
+    """An item has no stored patch tokens, or its tokens have another shape than the others."""
+
+    def __init__(self, item_id: int, reason: str) -> None:
+        super().__init__(f"tokens of item {item_id} unavailable: {reason}")
+        self.item_id = item_id
+
+
+class DataDirLocked(StoreError):
+    """Another process already serves this data dir."""
