@@ -1,7 +1,14 @@
 """The neural side of fusion-search: open_clip dual encoder, fusion heads, synthetic world."""
 
 from .encoder import DEFAULT_MODEL, RetrievalModel, load_model
-from .errors import BadImage, FusionUnavailable, ImageTooLarge, ModelError, ModelLoadError, UnsupportedImageType
+from .errors import (
+    BadImage,
+    FusionUnavailable,
+    ImageTooLarge,
+    ModelError,
+    ModelLoadError,
+    UnsupportedImageType,
+)
 from .imaging import ALLOWED_FORMATS, DecodedImage, decode_image
 
 __all__ = [

@@ -296,7 +296,7 @@ class RetrievalModel:
         self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
     ) -> np.ndarray:
         """(N, D) composed query embeddings from stored image tokens and embeddings."""
-        if self.fusion is None:
+        if self.fusion is None or not self.fusion.composes:
             t = self.encode_texts(texts)
             q = embeddings + t
             return q / np.linalg.norm(q, axis=-1, keepdims=True)
@@ -333,6 +333,7 @@ def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
         heads.load_state_dict(load_file(str(path)), strict=True)
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load fusion weights {path}: {exc}") from exc
+    heads.composes = bool(meta.get("compose", True))
     return heads.float()
 
 

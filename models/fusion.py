@@ -194,6 +194,7 @@ class FusionHeads(nn.Module):
     def __init__(self, cfg: FusionConfig, kinds: tuple[str, ...] = tuple(HEADS)) -> None:
         super().__init__()
         self.cfg = cfg
+        self.composes = True  # False for heads trained without composed triplets
         self.heads = nn.ModuleDict({k: HEADS[k](cfg) for k in kinds})
 
     def score(self, kind: str, b: Batch) -> torch.Tensor:

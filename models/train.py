@@ -331,6 +331,92 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
     return heads.eval(), losses
 
 
+# ---- one's own captioned images ---------------------------------------------------------------
+
+
+def read_pairs(tsv: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) rows of a TSV with ``filepath`` and ``title`` columns."""
+    import csv
+
+    rows = []
+    with tsv.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            fp = Path(row["filepath"])
+            if row.get("title"):
+                rows.append((fp if fp.is_absolute() else tsv.parent / fp, row["title"]))
+    if len(rows) < 8:
+        raise ValueError(f"{tsv}: needs at least 8 rows with filepath and title")
+    return rows
+
+
+def word_swap(text: str, rng: np.random.Generator) -> str | None:
+    """A hard negative for real captions: two words trade places (NegCLIP-style)."""
+    words = text.split()
+    content = [i for i, w in enumerate(words) if len(w) > 2]
+    if len(content) < 2:
+        return None
+    i, j = rng.choice(content, 2, replace=False)
+    if words[i] == words[j]:
+        return None
+    words[i], words[j] = words[j], words[i]
+    return " ".join(words)
+
+
+def train_fusion_pairs(clip: Any, tokenizer: Any, tsv: Path, cfg: TrainConfig,
+                       work: Path) -> tuple[FusionHeads, dict[str, list[float]]]:
+    """Train the match heads of every strategy on captioned images, the backbone frozen.
+
+    Negatives are other images' captions and word-swapped captions.  There are no composed
+    triplets in such data, so the saved heads declare ``compose: false`` and composition falls
+    back to late fusion.
+    """
+    from .encoder import RetrievalModel
+
+    pairs = read_pairs(tsv)
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    wrapper = RetrievalModel(cfg.model, clip, tokenizer, trained=True)
+    fcfg = FusionConfig(wrapper.text_width, wrapper.image_token_width, wrapper.embed_dim,
+                        cfg.fusion_width, 4, cfg.fusion_depth)
+    heads = FusionHeads(fcfg)
+    opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
+    rng = np.random.default_rng(cfg.seed)
+    losses: dict[str, list[float]] = {"match": []}
+    batch = min(cfg.batch // 4, len(pairs))
+    from .imaging import decode_image
+
+    bar = tqdm(range(cfg.fusion_steps), desc="fusion heads on own data", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.fusion_steps, cfg.fusion_lr, min(cfg.warmup, 20))
+        idx = rng.choice(len(pairs), batch, replace=False)
+        images = [decode_image(pairs[i][0].read_bytes()).image for i in idx]
+        rows, texts, labels = [], [], []
+        for r, i in enumerate(idx):
+            caption = pairs[i][1]
+            rows.append(r); texts.append(caption); labels.append(1.0)  # noqa: E702
+            other = pairs[int(rng.integers(len(pairs)))][1]
+            if other != caption:
+                rows.append(r); texts.append(other); labels.append(0.0)  # noqa: E702
+            swapped = word_swap(caption, rng)
+            if swapped is not None:
+                rows.append(r); texts.append(swapped); labels.append(0.0)  # noqa: E702
+        with torch.no_grad():
+            pixels = wrapper.preprocess(images).to(next(clip.parameters()).dtype)
+            emb, tok = frozen_images(clip, pixels)
+        sel = torch.as_tensor(rows)
+        b = _pair_batch((emb[sel].float(), tok[sel].float()),
+                        frozen_texts(clip, tokenizer, texts))
+        y = torch.tensor(labels)
+        loss = sum(F.binary_cross_entropy_with_logits(heads.score(k, b), y) for k in heads.heads)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        opt.step()
+        losses["match"].append(float(loss))
+        bar.set_postfix(match=f"{np.mean(losses['match'][-20:]):.3f}")
+    return heads.eval(), losses
+
+
 # ---- outputs -----------------------------------------------------------------------------------
 
 
@@ -366,14 +452,17 @@ def save_weights(clip: Any, heads: FusionHeads, cfg: TrainConfig, out: Path) -> 
     """Write the backbone (fp16 safetensors, loadable by open_clip) and the fusion heads."""
     out.mkdir(parents=True, exist_ok=True)
     backbone, fusion, fusion_cfg = (out / p.name for p in bundled_paths(cfg.model))
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in clip.state_dict().items()}
-    save_file(sd, str(backbone))
+    if cfg.data is None:  # a pretrained backbone is not re-saved: its own file stays in use
+        sd = {k: v.detach().to(torch.float16).contiguous() for k, v in clip.state_dict().items()}
+        save_file(sd, str(backbone))
     fsd = {k: v.detach().to(torch.float16).contiguous() for k, v in heads.state_dict().items()}
     save_file(fsd, str(fusion))
     meta = {"config": heads.cfg.to_dict(), "kinds": list(heads.heads),
+            "compose": cfg.data is None,  # composition needs triplets: synthetic world only
             "recipe": {k: v for k, v in asdict(cfg).items() if k != "losses"}}
     fusion_cfg.write_text(json.dumps(meta, indent=2))
-    return {"backbone": backbone, "fusion": fusion, "fusion_config": fusion_cfg}
+    written = {"fusion": fusion, "fusion_config": fusion_cfg}
+    return {"backbone": backbone, **written} if cfg.data is None else written
 
 
 def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
@@ -389,10 +478,15 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
     tokenizer = open_clip.get_tokenizer(cfg.model)
     size = open_clip.get_model_preprocess_cfg(clip)["size"]
     size = size if isinstance(size, int) else size[0]
-    pool = render_pool(cfg.pool, work, size)
-    trip = render_triplets(cfg.triplets, work, size)
-    enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
-    heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)
+    if cfg.data is not None:
+        # a pretrained backbone stays as it is; only the fusion heads learn from the TSV
+        enc_losses: list[float] = []
+        heads, fus_losses = train_fusion_pairs(clip, tokenizer, Path(cfg.data), cfg, work)
+    else:
+        pool = render_pool(cfg.pool, work, size)
+        trip = render_triplets(cfg.triplets, work, size)
+        enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
+        heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)
     paths = save_weights(clip, heads, cfg, Path(cfg.out))
     if plot is not None:
         plot_losses(enc_losses, fus_losses, plot)

@@ -1,0 +1,110 @@
+"""The model contract over open_clip: loading, encoding, tokens, fusion, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from models import load_model
+from models import synthetic as syn
+from models.encoder import bundled_paths, register_configs
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def test_bundled_model_is_trained_with_fusion(model) -> None:
+    backbone, fusion, _ = bundled_paths("fusion-tiny")
+    assert backbone.is_file() and fusion.is_file()
+    info = model.info()
+    assert info["trained"] is True
+    assert info["has_fusion"] is True
+    assert info["dim"] == model.embed_dim == 128
+
+
+def test_encoders_return_normalised_float32(model) -> None:
+    exs = syn.examples("test", 5)
+    emb, tok = model.encode_images_with_tokens([e.image for e in exs])
+    assert emb.dtype == np.float32 and emb.shape == (5, model.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert tok.dtype == np.float16
+    assert tok.shape == (5, model.num_image_tokens, model.image_token_width)
+    txt = model.encode_texts([e.caption for e in exs])
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(model.image_tokens([exs[0].image])[0], tok[0], atol=1e-2)
+
+
+def test_any_image_size_and_mode_is_preprocessed(model) -> None:
+    imgs = [Image.new("L", (300, 120), 200), Image.new("RGBA", (17, 90), (1, 2, 3, 4))]
+    assert model.encode_images(imgs).shape == (2, model.embed_dim)
+
+
+def test_long_text_is_truncated_not_rejected(model) -> None:
+    vec = model.encode_texts(["a red circle " * 2000, "\x00nul🙂", ""])
+    assert vec.shape == (3, model.embed_dim) and np.isfinite(vec).all()
+
+
+def test_match_prefers_the_true_caption_over_swapped_twins(model) -> None:
+    rng = np.random.default_rng(1)
+    wins = total = 0
+    for i in range(200):
+        ex = syn.example("test", 50_000 + i)
+        if len(ex.scene.objects) != 2:
+            continue
+        claim = syn.full_claim(ex.scene)
+        neg = syn.swap_attributes(claim, ex.scene)
+        if neg is None:
+            continue
+        emb, tok = model.encode_images_with_tokens([ex.image])
+        texts = [syn.caption_text(claim, rng), syn.caption_text(neg, rng)]
+        p = model.match(np.repeat(tok, 2, 0), texts, embeddings=np.repeat(emb, 2, 0))
+        wins += int(p[0] > p[1])
+        total += 1
+    assert total > 30
+    assert wins / total >= 0.9
+
+
+def test_compose_and_explain_shapes(model) -> None:
+    ex = syn.example("test", 0, size=64)
+    q = model.compose([ex.image], ["make it blue"])
+    assert q.shape == (1, model.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-4)
+    emb, tok = model.encode_images_with_tokens([ex.image])
+    out = model.explain(tok[0], emb[0], ex.caption)
+    assert 0.0 <= out["probability"] <= 1.0
+    grid = np.asarray(out["grid"])
+    assert grid.shape == (out["rows"], out["cols"]) == (8, 8)
+    assert abs(grid.sum() - 1.0) < 1e-3  # attention over patches is a distribution
+
+
+def test_open_clip_checkpoint_file_loads_through_pretrained(tmp_path: Path) -> None:
+    """A ViT-B-32 checkpoint saved by the test loads via open_clip's pretrained=<file> path."""
+    register_configs()
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-32").eval()
+    path = tmp_path / "vit_b_32.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    m = load_model("ViT-B-32", pretrained=str(path), precision="fp32")
+    assert m.trained and not m.has_fusion and m.embed_dim == 512
+    img = syn.example("test", 1, size=224).image
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    _, preprocess, _ = open_clip.create_model_and_transforms("ViT-B-32")
+    with torch.no_grad():
+        want_i = ref.encode_image(preprocess(img)[None], normalize=True).numpy()
+        want_t = ref.encode_text(tokenizer(["a red circle"]), normalize=True).numpy()
+    got_i = m.encode_images([img])
+    got_t = m.encode_texts(["a red circle"])
+    assert float((want_i * got_i).sum()) > 0.999
+    assert float((want_t * got_t).sum()) > 0.9999
+    # no fusion weights: re-rank and composition fall back to late fusion
+    emb = m.encode_images([img])
+    assert m.match(np.zeros((1, 49, 768), np.float16), ["a red circle"], embeddings=emb).shape \
+        == (1,)

@@ -1,0 +1,36 @@
+"""A training smoke run: both stages run, losses fall, weights load back through load_model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models import load_model
+from models.train import TrainConfig, run
+
+
+def test_training_smoke_run_loss_falls(tmp_path: Path) -> None:
+    cfg = TrainConfig(pool=512, triplets=256, batch=48, encoder_steps=40, fusion_steps=12,
+                      warmup=5, lr=2e-3, work_dir=str(tmp_path / "work"),
+                      out=str(tmp_path / "weights"), checkpoint_every=20)
+    result = run(cfg, plot=tmp_path / "loss.png")
+    enc = np.asarray(result["encoder_loss"])
+    assert len(enc) == 40
+    assert enc[-8:].mean() < enc[:8].mean() - 0.1
+    match = np.asarray(result["fusion_loss"]["match"])
+    assert match[-4:].mean() < match[:4].mean()
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    m = load_model("fusion-tiny", pretrained=result["backbone"], fusion=result["fusion"])
+    assert m.trained and m.has_fusion
+    assert m.encode_texts(["a red circle"]).shape == (1, 128)
+
+
+def test_training_resumes_from_checkpoint(tmp_path: Path) -> None:
+    common = dict(pool=256, triplets=128, batch=32, warmup=2, work_dir=str(tmp_path / "work"),
+                  out=str(tmp_path / "weights"), checkpoint_every=5, fusion_steps=2)
+    first = run(TrainConfig(encoder_steps=5, **common))  # type: ignore[arg-type]
+    second = run(TrainConfig(encoder_steps=8, **common))  # type: ignore[arg-type]
+    # the second run continues the first: the five recorded losses are kept, three are new
+    assert second["encoder_loss"][:5] == first["encoder_loss"]
+    assert len(second["encoder_loss"]) == 8
