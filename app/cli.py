@@ -1,4 +1,4 @@
-"""The `fusion-search` command: serve, ingest, demo-data, train, eval, bench."""
+"""The `fusion-search` command: serve, ingest, backup, demo-data, train, eval, bench."""
 
 from __future__ import annotations
 
@@ -102,6 +102,54 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    """Copy a data dir's catalog (SQLite online backup) and the files it names, consistently,
+    while a server may be using it. The FAISS index is left out: it is rebuilt on start."""
+    import shutil
+
+    from index.catalog import Catalog
+    from index.files import FileStore
+    from index.store import CATALOG_NAME, FILES_DIR
+
+    from .settings import Settings
+
+    src = Path(args.data) if args.data else Settings().data_dir
+    dest = Path(args.dest)
+    if not (src / CATALOG_NAME).is_file():
+        raise SystemExit(f"{src} holds no {CATALOG_NAME}: not a data dir")
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"{dest} exists and is not empty")
+    (dest / FILES_DIR).mkdir(parents=True, exist_ok=True)
+    live = Catalog(src / CATALOG_NAME)
+    try:
+        live.backup(dest / CATALOG_NAME)
+    finally:
+        live.close()
+    copy = Catalog(dest / CATALOG_NAME)
+    try:
+        src_files, dest_files = FileStore(src / FILES_DIR), FileStore(dest / FILES_DIR)
+        gone = set()
+        names = sorted(copy.all_files())
+        for name in names:
+            target = dest_files.path(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copy2(src_files.path(name), target)
+            except FileNotFoundError:  # deleted from the live dir after the catalog copy
+                gone.add(name)
+        # Drop the rows whose files were deleted meanwhile: the copy never names a missing file.
+        dropped = [it.id for it in copy.list(0, max(copy.count(), 1))[0] if it.file in gone]
+        for item_id in dropped:
+            copy.delete(item_id)
+        check, count = copy.integrity_check(), copy.count()
+    finally:
+        copy.close()
+    os.sync()
+    print(json.dumps({"dest": str(dest), "items": count, "files": len(names) - len(gone),
+                      "dropped_deleted_meanwhile": len(dropped), "integrity": check}))
+    return 0 if check == "ok" else 1
+
+
 def _demo_data(args: argparse.Namespace) -> int:
     from models import synthetic as syn
 
@@ -123,9 +171,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from models.evaluate import evaluate
-
     from models import load_model
+    from models.evaluate import evaluate
 
     model = load_model(args.model, args.pretrained, precision=args.precision)
     report = evaluate(model, n=args.n, depth=args.depth)
@@ -160,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
     s.set_defaults(fn=_ingest)
 
+    s = sub.add_parser("backup", help="copy a data dir (catalog + files), safe while serving")
+    s.add_argument("dest", help="a new or empty folder; restore by serving it as the data dir")
+    s.add_argument("--data", help="data dir (default FUSION_DATA_DIR or ./data)")
+    s.set_defaults(fn=_backup)
+
     s = sub.add_parser("demo-data", help="write generated scenes (PNG) and captions.tsv")
     s.add_argument("out")
     s.add_argument("--n", type=int, default=300)
@@ -172,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="TSV of your own captioned images")
     s.add_argument("--out", default="models/weights")
     s.add_argument("--work-dir", default="runs/train")
-    s.add_argument("--encoder-steps", type=int, default=1400)
+    s.add_argument("--encoder-steps", type=int, default=2800)
     s.add_argument("--fusion-steps", type=int, default=700)
     s.add_argument("--batch", type=int, default=192)
     s.add_argument("--pool", type=int, default=24000)

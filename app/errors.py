@@ -98,7 +98,27 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
              400: "bad_request", 401: "unauthorized", 415: "unsupported_media_type"}
     code = codes.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    response = error_response(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        response.headers["Allow"] = _allowed_methods(request, response.headers.get("Allow"))
+    return response
+
+
+def _allowed_methods(request: Request, given: str | None) -> str:
+    """Every method the requested path supports (Starlette's 405 names only one route's)."""
+    methods = {m.strip().upper() for m in (given or "").split(",") if m.strip()}
+    parts = request.scope["path"].split("/")
+    for template, ops in request.app.openapi().get("paths", {}).items():
+        pattern = template.split("/")
+        if len(pattern) == len(parts) and all(
+            t == p or (t.startswith("{") and t.endswith("}") and p)
+            for t, p in zip(pattern, parts, strict=True)
+        ):
+            methods.update(m.upper() for m in ops)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, FastAPI
@@ -18,6 +19,7 @@ from models import load_model
 
 from . import errors
 from .demo import seed_demo
+from .deps import READ_SCHEME, WRITE_SCHEME
 from .limits import BodyLimit
 from .metrics import Metrics, MetricsMiddleware
 from .routers import images, search, system
@@ -59,6 +61,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(service.store.close)
 
 
+def _document_auth(app: FastAPI, settings: Settings) -> None:
+    """Make the OpenAPI schema ask for X-API-Key exactly where these settings enforce it."""
+    generate = app.openapi
+    enforced = {WRITE_SCHEME: settings.api_key is not None,
+                READ_SCHEME: settings.api_key is not None and settings.protect_reads}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    needs = [name for req in op.pop("security", []) for name in req]
+                    if any(enforced.get(name) for name in needs):
+                        op["security"] = [{"APIKeyHeader": []}]
+            components = schema.get("components", {})
+            components.pop("securitySchemes", None)
+            if settings.api_key is not None:
+                components["securitySchemes"] = {"APIKeyHeader": {
+                    "type": "apiKey", "in": "header", "name": "X-API-Key"}}
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment (FUSION_*) unless given."""
     settings = settings or Settings()
@@ -85,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(BodyLimit, limit=int(settings.max_request_bytes))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _document_auth(app, settings)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

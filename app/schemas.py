@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 100_000
+# Largest id the API accepts: exact as a JSON number in every client (2**53 - 1), and far above
+# any SQLite row id a collection reaches; a larger one is a 422, never an OverflowError.
+MAX_ID = 2**53 - 1
+# What _clean_text accepts, for the schema: some character that is neither whitespace nor NUL.
+TEXT_PATTERN = r"[^\s\x00]"
 
 
 def _clean_text(v: str) -> str:
@@ -65,9 +70,18 @@ class _SearchBase(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     tags: list[str] | None = Field(None, max_length=50)
 
+    @field_validator("tags")
+    @classmethod
+    def _normalise_tags(cls, v: list[str] | None) -> list[str] | None:
+        # Uploads store tags trimmed and lower-cased; filter in the same form.
+        if v is None:
+            return None
+        return [t.strip().lower() for t in v if t.strip()] or None
+
 
 class TextSearch(_SearchBase):
     query: str = Field(..., max_length=MAX_QUERY_CHARS,
+                       json_schema_extra={"pattern": TEXT_PATTERN},
                        description="free text; longer than the model's context is truncated")
     rerank: bool | None = Field(None, description="attention re-rank (default: on when trained)")
 
@@ -75,13 +89,14 @@ class TextSearch(_SearchBase):
 
 
 class ImageIdSearch(_SearchBase):
-    image_id: int = Field(..., ge=1, le=2**62)
+    image_id: int = Field(..., ge=1, le=MAX_ID)
     target: Literal["images", "captions"] = "images"
 
 
 class ComposedIdSearch(_SearchBase):
-    image_id: int = Field(..., ge=1, le=2**62)
-    text: str = Field(..., max_length=MAX_QUERY_CHARS)
+    image_id: int = Field(..., ge=1, le=MAX_ID)
+    text: str = Field(..., max_length=MAX_QUERY_CHARS,
+                      json_schema_extra={"pattern": TEXT_PATTERN})
 
     _clean = field_validator("text")(_clean_text)
 
@@ -89,8 +104,9 @@ class ComposedIdSearch(_SearchBase):
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_id: int = Field(..., ge=1, le=2**62)
-    text: str = Field(..., max_length=MAX_QUERY_CHARS)
+    image_id: int = Field(..., ge=1, le=MAX_ID)
+    text: str = Field(..., max_length=MAX_QUERY_CHARS,
+                      json_schema_extra={"pattern": TEXT_PATTERN})
 
     _clean = field_validator("text")(_clean_text)
 

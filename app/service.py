@@ -209,14 +209,22 @@ class SearchService:
             qvec = self.model.encode_images([image.image])[0]
             exclude = []
         if target == "captions":
-            index = self.captions.ensure()
-            pairs = index.search(qvec[None, :], k + 2, block=set(exclude))[0]
-            hits = self._hits(pairs, k)
-            if tags:
-                wanted = set(tags)
-                hits = [h for h in hits if wanted.issubset(h.item.tags)]
-            return Results(hits, _ms(t0), False)
+            return Results(self._caption_hits(qvec, k, tags, exclude), _ms(t0), False)
         return Results(self.search_vector(qvec, k, tags, exclude), _ms(t0), False)
+
+    def _caption_hits(self, qvec: np.ndarray, k: int, tags: Sequence[str] | None,
+                      exclude: Sequence[int]) -> list[ScoredHit]:
+        """Nearest captions; the tag filter runs after the search, so widen it until k pass."""
+        index = self.captions.ensure()
+        wanted = set(tags or ())
+        depth = k + 2
+        while True:
+            pairs = index.search(qvec[None, :], depth, block=set(exclude))[0]
+            hits = self._hits(pairs, len(pairs))
+            hits = [h for h in hits if wanted.issubset(h.item.tags)]
+            if len(hits) >= k or depth >= index.ntotal:
+                return hits[:k]
+            depth *= 4
 
     def search_composed(self, image: DecodedImage | None, image_id: int | None, text: str,
                         k: int, tags: Sequence[str] | None) -> Results:

@@ -317,7 +317,7 @@ class RetrievalModel:
         b = self._fusion_batch(tokens[None], embedding[None], [text])
         head = self.fusion.heads[FUSION_KIND]
         feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
-        prob = float(torch.sigmoid(head.match_head(feat)).squeeze())  # type: ignore[operator]
+        prob = float(torch.sigmoid(head.score_from(feat, b)).squeeze())  # type: ignore[operator]
         w = weights[0].float().numpy() if weights is not None else np.zeros(tokens.shape[0])
         side = int(math.isqrt(len(w)))
         grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
@@ -360,7 +360,9 @@ def load_model(
     if pretrained is None and backbone.is_file():
         pretrained = str(backbone)
     try:
-        clip = open_clip.create_model(name, pretrained=pretrained, device=device)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # without weights, the same random model in every process
+            clip = open_clip.create_model(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:  # open_clip raises many types for unknown names and bad files
         raise ModelLoadError(f"could not load model {name!r} (pretrained={pretrained}): {exc}") \
@@ -370,7 +372,10 @@ def load_model(
         fpath = Path(fusion)
         heads = _load_fusion(fpath, fpath.with_name(fpath.name.replace(".safetensors", ".json")))
     elif bundled_fusion.is_file() and pretrained == str(backbone):
-        heads = _load_fusion(bundled_fusion, bundled_fusion_cfg)
+        try:
+            heads = _load_fusion(bundled_fusion, bundled_fusion_cfg)
+        except ModelLoadError as exc:  # serve with late fusion rather than not at all
+            log.error("bundled fusion heads unusable, falling back to late fusion: %s", exc)
     dtype = resolve_dtype(precision, device)
     return RetrievalModel(
         name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dtype,

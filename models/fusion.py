@@ -28,6 +28,7 @@ class FusionConfig:
     width: int = 128
     heads: int = 4
     depth: int = 2
+    image_tokens: int = 0  # > 0: learn a position embedding for that many patch tokens
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -52,9 +53,10 @@ class LateFusion(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(0.5))
         self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.tensor(-3.0))
 
     def score(self, b: Batch) -> torch.Tensor:
-        return self.scale * (b.image_emb * b.text_emb).sum(-1)
+        return self.scale * (b.image_emb * b.text_emb).sum(-1) + self.bias
 
     def compose(self, b: Batch) -> torch.Tensor:
         a = self.alpha.clamp(0.0, 1.0)
@@ -110,6 +112,12 @@ class FusionBlock(nn.Module):
         return x, weights
 
 
+def _position_embedding(cfg: FusionConfig) -> nn.Parameter | None:
+    if cfg.image_tokens <= 0:
+        return None
+    return nn.Parameter(torch.randn(1, cfg.image_tokens, cfg.width) * 0.02)
+
+
 def _at_eot(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), eot]
 
@@ -124,6 +132,7 @@ class AttentionFusion(nn.Module):
         super().__init__()
         self.text_in = nn.Linear(cfg.text_width, cfg.width)
         self.image_in = nn.Linear(cfg.image_width, cfg.width)
+        self.image_pos = _position_embedding(cfg)
         self.blocks = nn.ModuleList(FusionBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.ln_out = nn.LayerNorm(cfg.width)
         self.match_head = nn.Sequential(
@@ -131,6 +140,8 @@ class AttentionFusion(nn.Module):
         )
         self.compose_head = nn.Linear(cfg.width, cfg.embed_dim)
         self.compose_gate = nn.Parameter(torch.tensor(1.0))
+        # the dual encoder's cosine enters the match score: fusion refines it, never starts blind
+        self.cos_scale = nn.Parameter(torch.tensor(10.0))
 
     def readout(
         self, b: Batch, need_weights: bool = False
@@ -138,6 +149,8 @@ class AttentionFusion(nn.Module):
         """Fused feature at the end-of-text token, and the last block's cross-attention there."""
         x = self.text_in(b.text_tokens)
         image = self.image_in(b.image_tokens.to(x.dtype))
+        if self.image_pos is not None:
+            image = image + self.image_pos
         weights = None
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
@@ -147,7 +160,11 @@ class AttentionFusion(nn.Module):
         return self.ln_out(_at_eot(x, b.text_eot)), weights
 
     def score(self, b: Batch) -> torch.Tensor:
-        return self.match_head(self.readout(b)[0]).squeeze(-1)
+        return self.score_from(self.readout(b)[0], b)
+
+    def score_from(self, feat: torch.Tensor, b: Batch) -> torch.Tensor:
+        cos = (b.image_emb * b.text_emb).sum(-1)
+        return self.match_head(feat).squeeze(-1) + self.cos_scale * cos
 
     def compose(self, b: Batch) -> torch.Tensor:
         feat = self.readout(b)[0]
@@ -162,6 +179,7 @@ class CrossAttentionOne(nn.Module):
         w = cfg.width
         self.text_in = nn.Linear(cfg.text_width, w)
         self.image_in = nn.Linear(cfg.image_width, w)
+        self.image_pos = _position_embedding(cfg)
         self.cross_attn = nn.MultiheadAttention(w, cfg.heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.LayerNorm(w))
         self.match_head = nn.Linear(w, 1)
@@ -170,6 +188,8 @@ class CrossAttentionOne(nn.Module):
     def _features(self, b: Batch) -> torch.Tensor:
         q = _at_eot(self.text_in(b.text_tokens), b.text_eot).unsqueeze(1)
         kv = self.image_in(b.image_tokens.to(q.dtype))
+        if self.image_pos is not None:
+            kv = kv + self.image_pos
         attended = self.cross_attn(q, kv, kv, need_weights=False)[0]
         return self.mlp(torch.cat([q, attended], dim=-1).squeeze(1))
 

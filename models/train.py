@@ -43,15 +43,16 @@ class TrainConfig:
     pool: int = 24000  # pre-rendered training scenes
     triplets: int = 12000  # pre-rendered composed triplets
     batch: int = 192
-    encoder_steps: int = 2400
+    encoder_steps: int = 2800
     fusion_steps: int = 900
     lr: float = 1e-3
-    fusion_lr: float = 5e-4
+    fusion_lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.1
     threads: int = 0
     seed: int = 0
     checkpoint_every: int = 200
+    aux_weight: float = 1.0  # scene-graph attribute prediction beside the contrastive loss
     fusion_width: int = 128
     fusion_depth: int = 2
     losses: dict[str, list[float]] = field(default_factory=dict)
@@ -169,19 +170,42 @@ def _optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], lr: float, wd: 
 # ---- stage 1 -----------------------------------------------------------------------------------
 
 
+OBJECT_TYPES = [(c, sh, z) for c in syn.COLORS for sh in syn.SHAPES for z in syn.SIZES]
+_OBJECT_INDEX = {t: i for i, t in enumerate(OBJECT_TYPES)}
+
+
+def scene_targets(scenes: Sequence[syn.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-hot (colour, shape, size) presence and the background index of each scene."""
+    objs = torch.zeros(len(scenes), len(OBJECT_TYPES))
+    for i, sc in enumerate(scenes):
+        for o in sc.objects:
+            objs[i, _OBJECT_INDEX[(o.color, o.shape, o.size)]] = 1.0
+    bg = torch.tensor([syn.BACKGROUNDS.index(sc.background) for sc in scenes])
+    return objs, bg
+
+
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                   work: Path) -> list[float]:
-    """Contrastive training of both towers with multi-positive targets and swapped captions."""
-    rng = np.random.default_rng(cfg.seed)
-    opt = _optimizer(list(clip.named_parameters()), cfg.lr, cfg.weight_decay)
+    """Contrastive training of both towers with multi-positive targets and swapped captions.
+
+    An auxiliary linear head predicts the scene graph's objects and background from the image
+    embedding: dense supervision that teaches the small image tower colours and shapes sooner.
+    """
+    embed_dim = clip.text_projection.shape[1]
+    aux = torch.nn.Linear(embed_dim, len(OBJECT_TYPES) + len(syn.BACKGROUNDS))
+    params = list(clip.named_parameters()) + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
+    opt = _optimizer(params, cfg.lr, cfg.weight_decay)
     ckpt = work / "encoder.pt"
     start, losses = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         clip.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
         start, losses = state["step"], state["losses"]
+        if "aux" in state:
+            aux.load_state_dict(state["aux"])
+            opt.load_state_dict(state["opt"])
         log.info("resumed encoder training at step %d", start)
+    rng = np.random.default_rng([cfg.seed, start])
     clip.train()
     bar = tqdm(range(start, cfg.encoder_steps), desc="stage 1: dual encoder", unit="step",
                initial=start, total=cfg.encoder_steps)
@@ -201,7 +225,13 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                 negs.append(syn.caption_text(neg, rng))
         pos = torch.tensor([[syn.claim_true(c, s) for s in scenes] for c in claims],
                            dtype=torch.float32)
-        img = F.normalize(clip.encode_image(pool.pixels[idx]), dim=-1)
+        raw = clip.encode_image(pool.pixels[idx])
+        img = F.normalize(raw, dim=-1)
+        objs, bg = scene_targets(scenes)
+        logits_aux = aux(raw)
+        aux_loss = F.binary_cross_entropy_with_logits(
+            logits_aux[:, : len(OBJECT_TYPES)], objs
+        ) * 10.0 + F.cross_entropy(logits_aux[:, len(OBJECT_TYPES) :], bg)
         ids = tokenizer(texts + negs)
         txt = encode_text_tokens(clip, ids)[3]
         scale = clip.logit_scale.exp().clamp(max=100)
@@ -209,16 +239,17 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
         t2i = multi_positive_loss(logits[: len(texts)], pos)
         i2t_pos = torch.cat([pos.T, torch.zeros(len(scenes), len(negs))], dim=1)
         i2t = multi_positive_loss(logits.T, i2t_pos)
-        loss = 0.5 * (t2i + i2t)
+        loss = 0.5 * (t2i + i2t) + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(scale):.1f}")
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", aux=f"{float(aux_loss):.3f}",
+                        scale=f"{float(scale):.1f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.encoder_steps:
-            torch.save({"model": clip.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                        "losses": losses}, ckpt)
+            torch.save({"model": clip.state_dict(), "aux": aux.state_dict(),
+                        "opt": opt.state_dict(), "step": step + 1, "losses": losses}, ckpt)
     clip.eval()
     return losses
 
@@ -272,7 +303,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
     with torch.no_grad():
         _, probe = frozen_images(clip, pool.pixels[:1])
     fcfg = FusionConfig(text_width, probe.shape[-1], embed_dim, cfg.fusion_width, 4,
-                        cfg.fusion_depth)
+                        cfg.fusion_depth, image_tokens=probe.shape[1])
     heads = FusionHeads(fcfg)
     opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
     rng = np.random.default_rng(cfg.seed + 1)
@@ -298,9 +329,9 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         inv_t = torch.from_numpy(inv)
         b = _pair_batch((emb[inv_t], tok[inv_t]), frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
-        match_loss = sum(
-            F.binary_cross_entropy_with_logits(heads.score(k, b), y) for k in heads.heads
-        )
+        per_head = {k: F.binary_cross_entropy_with_logits(heads.score(k, b), y)
+                    for k in heads.heads}
+        match_loss = sum(per_head.values())
         # compose: query from (reference, text) against frozen target embeddings in the batch
         tidx = rng.choice(len(trip.texts), half, replace=False)
         r_emb, r_tok = frozen_images(clip, trip.ref[tidx])
@@ -319,11 +350,15 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         loss = match_loss + compose_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
-        torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
+        for head in heads.heads.values():  # per head: one head's large gradient can't mute another
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         losses["match"].append(float(match_loss))
         losses["compose"].append(float(compose_loss))
+        for k, v in per_head.items():
+            losses.setdefault(f"match_{k}", []).append(float(v))
         bar.set_postfix(match=f"{np.mean(losses['match'][-20:]):.3f}",
+                        attention=f"{np.mean(losses['match_attention'][-20:]):.3f}",
                         compose=f"{np.mean(losses['compose'][-20:]):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.fusion_steps:
             torch.save({"model": heads.state_dict(), "opt": opt.state_dict(), "step": step + 1,
@@ -377,7 +412,8 @@ def train_fusion_pairs(clip: Any, tokenizer: Any, tsv: Path, cfg: TrainConfig,
         p.requires_grad_(False)
     wrapper = RetrievalModel(cfg.model, clip, tokenizer, trained=True)
     fcfg = FusionConfig(wrapper.text_width, wrapper.image_token_width, wrapper.embed_dim,
-                        cfg.fusion_width, 4, cfg.fusion_depth)
+                        cfg.fusion_width, 4, cfg.fusion_depth,
+                        image_tokens=wrapper.num_image_tokens)
     heads = FusionHeads(fcfg)
     opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
     rng = np.random.default_rng(cfg.seed)

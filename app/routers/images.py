@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -12,8 +12,8 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from index import Item
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep, WriteAuth
-from ..errors import ERROR_RESPONSES, ApiError
-from ..schemas import ItemOut, ItemPage, UploadResponse
+from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from ..schemas import MAX_ID, ItemOut, ItemPage, UploadResponse
 from ..service import FileIn
 
 router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
@@ -21,6 +21,8 @@ router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
 MAX_CAPTION_CHARS = 2000
 MAX_TAGS = 50
 MAX_TAG_CHARS = 64
+# A path id over MAX_ID must be a 422, not an OverflowError (500).
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def item_out(request: Request, item: Item, duplicate: bool = False) -> ItemOut:
@@ -69,8 +71,20 @@ async def read_upload(upload: StarletteUpload, limit: int) -> FileIn:
     return FileIn(data=data, filename=upload.filename)
 
 
+# Added to the generated form schema: at least one image, and no nulls (multipart has none).
+_UPLOAD_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "anyOf": [{"required": ["files"]}, {"required": ["file"]}],
+    "properties": {
+        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
+        "file": {"type": "string", "format": "binary"},
+        "caption": {"type": "string", "maxLength": MAX_CAPTION_CHARS},
+    },
+}}}}}
+
+
 @router.post("", status_code=201, response_model=UploadResponse, dependencies=[WriteAuth],
-             responses={507: {"description": "Not enough storage"}},
+             responses={507: {"model": ErrorResponse, "description": "Not enough storage"}},
+             openapi_extra=_UPLOAD_FORM,
              summary="Upload one or more images with an optional caption and tags")
 async def upload_images(
     request: Request,
@@ -99,7 +113,7 @@ async def upload_images(
 def list_images(
     request: Request,
     service: ServiceDep,
-    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     tag: Annotated[str | None, Query(max_length=MAX_TAG_CHARS)] = None,
 ) -> ItemPage:
@@ -111,14 +125,14 @@ def list_images(
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ReadAuth],
             summary="One image's metadata")
-def get_image(request: Request, service: ServiceDep, item_id: int) -> ItemOut:
+def get_image(request: Request, service: ServiceDep, item_id: ItemId) -> ItemOut:
     return item_out(request, service.store.get(item_id))
 
 
 @router.get("/{item_id}/file", name="image_file", dependencies=[ReadAuth],
             response_class=FileResponse, summary="The stored image file",
             responses={200: {"content": {"image/*": {}}, "description": "the image bytes"}})
-def image_file(service: ServiceDep, item_id: int) -> FileResponse:
+def image_file(service: ServiceDep, item_id: ItemId) -> FileResponse:
     path, content_type = service.store.file_path(item_id)
     return FileResponse(
         path, media_type=content_type,
@@ -130,6 +144,6 @@ def image_file(service: ServiceDep, item_id: int) -> FileResponse:
 
 @router.delete("/{item_id}", response_model=ItemOut, dependencies=[WriteAuth],
                summary="Delete an image (row, vector and file)")
-def delete_image(request: Request, service: ServiceDep, item_id: int) -> ItemOut:
+def delete_image(request: Request, service: ServiceDep, item_id: ItemId) -> ItemOut:
     item = service.delete(item_id)
     return item_out(request, item)

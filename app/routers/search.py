@@ -14,6 +14,8 @@ from index import Item
 from ..deps import ReadAuth, ServiceDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError
 from ..schemas import (
+    MAX_QUERY_CHARS,
+    TEXT_PATTERN,
     ComposedIdSearch,
     ExplainRequest,
     Explanation,
@@ -53,16 +55,18 @@ def _multipart_schema(text_field: bool) -> dict[str, Any]:
     }
     required = ["file"]
     if text_field:
-        props["text"] = {"type": "string", "minLength": 1}
+        props["text"] = {"type": "string", "pattern": TEXT_PATTERN, "maxLength": MAX_QUERY_CHARS}
         required.append("text")
     else:
         props["target"] = {"type": "string", "enum": ["images", "captions"]}
-    return {"type": "object", "properties": props, "required": required}
+    return {"type": "object", "properties": props, "required": required,
+            "additionalProperties": False}
 
 
 def _openapi(json_model: type[BaseModel], text_field: bool) -> dict[str, Any]:
+    # Inline: a $ref would dangle, since FastAPI only lists models that routes declare.
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}},
+        "application/json": {"schema": json_model.model_json_schema()},
         "multipart/form-data": {"schema": _multipart_schema(text_field)},
     }}}
 
