@@ -12,7 +12,11 @@ from .errors import ApiError
 from .service import SearchService
 from .settings import Settings
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+# Two names for the one X-API-Key header, so the OpenAPI schema can tell writes from reads and
+# main.py can document the key only where the settings enforce it.
+WRITE_SCHEME, READ_SCHEME = "WriteKey", "ReadKey"
+_write_key = APIKeyHeader(name="X-API-Key", scheme_name=WRITE_SCHEME, auto_error=False)
+_read_key = APIKeyHeader(name="X-API-Key", scheme_name=READ_SCHEME, auto_error=False)
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,14 +39,14 @@ def _check_key(settings: Settings, given: str | None) -> None:
 
 
 def require_write(
-    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+    request: Request, key: Annotated[str | None, Security(_write_key)]
 ) -> None:
     """Writes need the API key whenever one is configured."""
     _check_key(get_settings(request), key)
 
 
 def require_read(
-    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+    request: Request, key: Annotated[str | None, Security(_read_key)]
 ) -> None:
     """Reads need the API key only with FUSION_PROTECT_READS=true."""
     settings = get_settings(request)
