@@ -14,6 +14,7 @@ import numpy as np
 from index import Item, Store, Upload
 from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
+from models.encoder import rerank_scores
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,10 @@ class SearchService:
         except Exception as exc:  # an item stored without tokens or deleted meanwhile
             log.info("re-rank skipped: %s", exc)
             return pairs, {}
-        emb = np.stack([self.store.embedding(i) for i in ids]) if not self.model.has_fusion \
-            else None
+        emb = np.stack([self.store.embedding(i) for i in ids])
         probs = self.model.match(tokens, [query], embeddings=emb)
-        order = sorted(range(len(head)), key=lambda j: (-float(probs[j]), -head[j][1]))
+        blended = rerank_scores(np.asarray([score for _, score in head]), probs)
+        order = sorted(range(len(head)), key=lambda j: -float(blended[j]))
         return [head[j] for j in order] + pairs[len(head):], \
             {ids[j]: float(probs[j]) for j in range(len(ids))}
 

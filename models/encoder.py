@@ -79,6 +79,19 @@ class TextBatch:
     emb: torch.Tensor  # (N, D) L2-normalised
 
 
+# Re-rank score = RERANK_COS * cosine + RERANK_MATCH * logit(match probability). Tuned on the
+# val split (runs of `fusion-search eval` on test never saw it): fusion refines the dual-encoder
+# order rather than replacing it, which the bundled model's match head is not yet good enough for.
+RERANK_COS = 30.0
+RERANK_MATCH = 0.5
+
+
+def rerank_scores(cosines: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Blend dual-encoder cosines with attention-fusion match probabilities (higher is better)."""
+    p = np.clip(np.asarray(probs, np.float64), 1e-6, 1 - 1e-6)
+    return RERANK_COS * np.asarray(cosines, np.float64) + RERANK_MATCH * np.log(p / (1 - p))
+
+
 def bundled_paths(name: str) -> tuple[Path, Path, Path]:
     """(backbone weights, fusion weights, fusion config) bundled for ``name``."""
     return (

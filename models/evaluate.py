@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from . import synthetic as syn
-from .encoder import FUSION_KIND, RetrievalModel
+from .encoder import FUSION_KIND, RetrievalModel, rerank_scores
 from .fusion import Batch
 
 
@@ -78,7 +78,8 @@ def retrieval(model: RetrievalModel, n: int, depth: int) -> dict[str, Any]:
         for q in tqdm(range(n), desc="re-rank", unit="query", leave=False):
             cand = ranked[q, :depth]
             probs = model.match(tok[cand], [texts[q]], embeddings=emb[cand])
-            reranked[q, :depth] = cand[np.argsort(-probs, kind="stable")]
+            order = np.argsort(-rerank_scores(sims[q, cand], probs), kind="stable")
+            reranked[q, :depth] = cand[order]
         out["t2i_r1_rerank"] = recall_at(reranked, rel, 1)
     else:
         out["t2i_r1_rerank"] = out["t2i_r1"]
