@@ -69,6 +69,22 @@ def resolve_dtype(precision: str, device: str) -> torch.dtype:
     return torch.bfloat16 if native_bf16() else torch.float32
 
 
+def visual_forward(visual: Any, pixels: torch.Tensor,
+                   token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled image features and patch tokens from block ``token_layer`` (-1: the last).
+
+    The last block's patch outputs get no gradient when a ViT is trained through its class
+    token, so fusion heads may read an earlier block's (layer-normed) patch tokens instead.
+    """
+    if token_layer < 0:
+        visual.output_tokens = True
+        pooled, tokens = visual(pixels)
+        return pooled, tokens
+    out = visual.forward_intermediates(pixels, indices=[token_layer], output_fmt="NLC",
+                                       normalize_intermediates=True)
+    return out["image_features"], out["image_intermediates"][0]
+
+
 @dataclass(frozen=True)
 class TextBatch:
     """Tokenised and encoded texts, trimmed to the longest text in the batch."""
@@ -131,10 +147,11 @@ class RetrievalModel:
         self.mean = np.asarray(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), np.float32)
         self.std = np.asarray(cfg.get("std", open_clip.OPENAI_DATASET_STD), np.float32)
         visual.output_tokens = True
+        self.token_layer = fusion.cfg.token_layer if fusion is not None else -1
         self.clip.to(self._enc_dtype)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, *self.image_size, device=self.device)
-            pooled, tokens = visual(probe.to(self._enc_dtype))
+            pooled, tokens = visual_forward(visual, probe.to(self._enc_dtype), self.token_layer)
         self.embed_dim = int(pooled.shape[-1])
         self.num_image_tokens = int(tokens.shape[1])
         self.image_token_width = int(tokens.shape[2])
@@ -201,7 +218,8 @@ class RetrievalModel:
 
     # ---- encoders (torch) ---------------------------------------------------------------------
     def _images_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, tokens = self.clip.visual(pixels.to(self.device, self._enc_dtype))
+        pooled, tokens = visual_forward(self.clip.visual, pixels.to(self.device, self._enc_dtype),
+                                        self.token_layer)
         return F.normalize(pooled.float(), dim=-1), tokens
 
     def _texts_forward(self, ids: torch.Tensor) -> TextBatch:

@@ -29,6 +29,7 @@ class FusionConfig:
     heads: int = 4
     depth: int = 2
     image_tokens: int = 0  # > 0: learn a position embedding for that many patch tokens
+    token_layer: int = -1  # vision block whose patch outputs the heads read; -1: the last
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import synthetic as syn
-from .encoder import WEIGHTS_DIR, bundled_paths, register_configs
+from .encoder import WEIGHTS_DIR, bundled_paths, register_configs, visual_forward
 from .fusion import Batch, FusionConfig, FusionHeads
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class TrainConfig:
     aux_weight: float = 1.0  # scene-graph attribute prediction beside the contrastive loss
     fusion_width: int = 128
     fusion_depth: int = 2
+    token_layer: int = -1  # vision block the fusion heads read patch tokens from (-1: last)
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -258,9 +259,9 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
 
 
 @torch.no_grad()
-def frozen_images(clip: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    clip.visual.output_tokens = True
-    pooled, tokens = clip.visual(pixels)
+def frozen_images(clip: Any, pixels: torch.Tensor,
+                  token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    pooled, tokens = visual_forward(clip.visual, pixels, token_layer)
     return F.normalize(pooled, dim=-1), tokens
 
 
@@ -301,9 +302,10 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
     text_width = clip.token_embedding.weight.shape[1]
     embed_dim = clip.text_projection.shape[1]
     with torch.no_grad():
-        _, probe = frozen_images(clip, pool.pixels[:1])
+        _, probe = frozen_images(clip, pool.pixels[:1], cfg.token_layer)
     fcfg = FusionConfig(text_width, probe.shape[-1], embed_dim, cfg.fusion_width, 4,
-                        cfg.fusion_depth, image_tokens=probe.shape[1])
+                        cfg.fusion_depth, image_tokens=probe.shape[1],
+                        token_layer=cfg.token_layer)
     heads = FusionHeads(fcfg)
     opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
     rng = np.random.default_rng(cfg.seed + 1)
@@ -325,7 +327,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         idx = rng.choice(len(pool), half // 2, replace=False)
         rows, texts, labels = match_examples(pool, idx, rng)
         uniq, inv = np.unique(np.asarray(rows), return_inverse=True)
-        emb, tok = frozen_images(clip, pool.pixels[uniq])
+        emb, tok = frozen_images(clip, pool.pixels[uniq], cfg.token_layer)
         inv_t = torch.from_numpy(inv)
         b = _pair_batch((emb[inv_t], tok[inv_t]), frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
@@ -334,7 +336,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         match_loss = sum(per_head.values())
         # compose: query from (reference, text) against frozen target embeddings in the batch
         tidx = rng.choice(len(trip.texts), half, replace=False)
-        r_emb, r_tok = frozen_images(clip, trip.ref[tidx])
+        r_emb, r_tok = frozen_images(clip, trip.ref[tidx], cfg.token_layer)
         t_emb, _ = frozen_images(clip, trip.target[tidx])
         cb = _pair_batch((r_emb, r_tok), frozen_texts(clip, tokenizer,
                                                       [trip.texts[i] for i in tidx]))
