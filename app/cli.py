@@ -1,4 +1,4 @@
-"""The `fusion-search` command: serve, ingest, backup, demo-data, train, eval, bench."""
+"""The `fusion-search` command: serve, ingest, backup, reembed, demo-data, train, eval, bench."""
 
 from __future__ import annotations
 
@@ -150,6 +150,42 @@ def _backup(args: argparse.Namespace) -> int:
     return 0 if check == "ok" else 1
 
 
+def _reembed(args: argparse.Namespace) -> int:
+    """Re-encode every image of an old data dir (or a backup of one) into a new data dir with
+    the configured model, keeping captions, tags and original names (ids are new)."""
+    from index.catalog import Catalog
+    from index.files import FileStore
+    from index.store import CATALOG_NAME, FILES_DIR
+    from models import decode_image
+
+    from .main import build_service
+    from .settings import Settings
+
+    source = Path(args.source)
+    settings = Settings(data_dir=args.data) if args.data else Settings()
+    if settings.data_dir.resolve() == source.resolve():
+        raise SystemExit("re-embed into a new data dir, not the source")
+    service = build_service(settings.model_copy(update={"demo": False}))
+    old, files = Catalog(source / CATALOG_NAME), FileStore(source / FILES_DIR)
+    added = 0
+    try:
+        newest_first, total = old.list(0, max(old.count(), 1))
+        oldest_first = newest_first[::-1]
+        for start in range(0, total, args.batch):
+            records = []
+            for it in oldest_first[start : start + args.batch]:
+                data = files.path(it.file).read_bytes()
+                records.append((data, decode_image(data, settings.max_pixels),
+                                it.original_name, it.caption, it.tags))
+            added += sum(not dup for _, dup in service.store_decoded(records))
+    finally:
+        old.close()
+        service.store.close()
+    print(json.dumps({"source_items": total, "added": added, "model": service.model.name,
+                      "dim": service.model.embed_dim}))
+    return 0
+
+
 def _demo_data(args: argparse.Namespace) -> int:
     from models import synthetic as syn
 
@@ -211,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dest", help="a new or empty folder; restore by serving it as the data dir")
     s.add_argument("--data", help="data dir (default FUSION_DATA_DIR or ./data)")
     s.set_defaults(fn=_backup)
+
+    s = sub.add_parser("reembed", help="re-encode a data dir's images into a new data dir "
+                                          "with the configured model (a model upgrade)")
+    s.add_argument("source", help="the old data dir or a backup of it (not being written to)")
+    s.add_argument("--data", help="the new data dir (default FUSION_DATA_DIR or ./data)")
+    s.add_argument("--batch", type=int, default=64)
+    s.set_defaults(fn=_reembed)
 
     s = sub.add_parser("demo-data", help="write generated scenes (PNG) and captions.tsv")
     s.add_argument("out")

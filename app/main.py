@@ -42,6 +42,7 @@ def build_service(settings: Settings) -> SearchService:
                        factory=settings.index_type, memory_budget=int(settings.memory_budget),
                        snapshot_every=settings.snapshot_every)
     service = SearchService(model, store, rerank_depth=settings.rerank_depth,
+                            text_batch=settings.text_batch_max,
                             max_pixels=settings.max_pixels)
     if settings.demo and settings.demo_count and store.stats()["count"] == 0:
         seed_demo(service, settings.demo_count)

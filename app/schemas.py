@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 100_000
@@ -13,6 +13,16 @@ MAX_QUERY_CHARS = 100_000
 MAX_ID = 2**53 - 1
 # What _clean_text accepts, for the schema: some character that is neither whitespace nor NUL.
 TEXT_PATTERN = r"[^\s\x00]"
+
+
+def _json_int(v: object) -> object:
+    # JSON types as documented: 10 and 10.0 are integers, "10" and true are not
+    if isinstance(v, (bool, str)):
+        raise ValueError("must be an integer")
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
 
 
 def _clean_text(v: str) -> str:
@@ -67,7 +77,7 @@ class SearchResponse(BaseModel):
 class _SearchBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: JsonInt = Field(10, ge=1, le=MAX_K)
     tags: list[str] | None = Field(None, max_length=50)
 
     @field_validator("tags")
@@ -83,18 +93,19 @@ class TextSearch(_SearchBase):
     query: str = Field(..., max_length=MAX_QUERY_CHARS,
                        json_schema_extra={"pattern": TEXT_PATTERN},
                        description="free text; longer than the model's context is truncated")
-    rerank: bool | None = Field(None, description="attention re-rank (default: on when trained)")
+    rerank: bool | None = Field(None, strict=True,
+                                description="attention re-rank (default: on when trained)")
 
     _clean = field_validator("query")(_clean_text)
 
 
 class ImageIdSearch(_SearchBase):
-    image_id: int = Field(..., ge=1, le=MAX_ID)
+    image_id: JsonInt = Field(..., ge=1, le=MAX_ID)
     target: Literal["images", "captions"] = "images"
 
 
 class ComposedIdSearch(_SearchBase):
-    image_id: int = Field(..., ge=1, le=MAX_ID)
+    image_id: JsonInt = Field(..., ge=1, le=MAX_ID)
     text: str = Field(..., max_length=MAX_QUERY_CHARS,
                       json_schema_extra={"pattern": TEXT_PATTERN})
 
@@ -104,7 +115,7 @@ class ComposedIdSearch(_SearchBase):
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_id: int = Field(..., ge=1, le=MAX_ID)
+    image_id: JsonInt = Field(..., ge=1, le=MAX_ID)
     text: str = Field(..., max_length=MAX_QUERY_CHARS,
                       json_schema_extra={"pattern": TEXT_PATTERN})
 

@@ -16,6 +16,8 @@ from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
 from models.encoder import rerank_scores
 
+from .batching import TextBatcher
+
 log = logging.getLogger(__name__)
 
 
@@ -96,12 +98,15 @@ class SearchService:
         *,
         rerank_depth: int = 20,
         max_pixels: int = 40_000_000,
+        text_batch: int = 16,
     ) -> None:
         self.model = model
         self.store = store
         self.rerank_depth = rerank_depth
         self.max_pixels = max_pixels
         self.captions = CaptionIndex(model, store)
+        # concurrent text queries share one encoder pass (app/batching.py); 1 turns it off
+        self.text_encoder = TextBatcher(model.encode_texts, max_batch=text_batch)
 
     # ---- writes -------------------------------------------------------------------------------
     def decode(self, data: bytes) -> DecodedImage:
@@ -167,7 +172,7 @@ class SearchService:
     def search_text(self, query: str, k: int, tags: Sequence[str] | None,
                     rerank: bool | None) -> Results:
         t0 = time.perf_counter()
-        qvec = self.model.encode_texts([query])
+        qvec = self.text_encoder.encode_one(query)[None, :]
         do_rerank = self.model.has_fusion if rerank is None else rerank
         depth = max(k, self.rerank_depth) if do_rerank else k
         pairs = self.store.search(qvec, depth + 2, tags=tags)[0]
@@ -182,10 +187,10 @@ class SearchService:
         ids = [i for i, _ in head]
         try:
             tokens = self.store.tokens(ids)
+            emb = np.stack([self.store.embedding(i) for i in ids])
         except Exception as exc:  # an item stored without tokens or deleted meanwhile
             log.info("re-rank skipped: %s", exc)
             return pairs, {}
-        emb = np.stack([self.store.embedding(i) for i in ids])
         probs = self.model.match(tokens, [query], embeddings=emb)
         blended = rerank_scores(np.asarray([score for _, score in head]), probs)
         order = sorted(range(len(head)), key=lambda j: -float(blended[j]))

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     protect_reads: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rerank_depth: int = Field(20, ge=1, le=1000)
+    text_batch_max: int = Field(16, ge=1, le=256)
     index_type: str = "auto"
     memory_budget: ByteSize = ByteSize(2 * 1024**3)
     snapshot_every: int = Field(1000, ge=1)

@@ -15,7 +15,8 @@ import json
 import logging
 import struct
 import zlib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,8 @@ class VectorIndex:
             effort = max(1.0, stored / reachable) if allow is not None else 1.0
             while True:
                 params, exhaustive = self._search_params(selector.sel, effort, kk, stored)
-                scores, labels = self._index.search(matrix, kk, params=params)
+                with _one_thread_for(matrix.shape[0]):
+                    scores, labels = self._index.search(matrix, kk, params=params)
                 hits = [
                     [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i != -1]
                     for row_s, row_i in zip(scores, labels, strict=True)
@@ -310,6 +312,26 @@ class VectorIndex:
             raise ValueError(f"unsupported factory {loaded.factory!r}")
         loaded._max_id = max(loaded._max_id, int(header["max_id"]))
         return loaded
+
+
+@contextmanager
+def _one_thread_for(queries: int) -> Iterator[None]:
+    """Run a single-query search without an OpenMP team.
+
+    ``IndexIDMap2`` maps labels to ids in an OpenMP loop even for one query; when the cores are
+    busy (other requests encoding), waiting for that team's threads to be scheduled costs
+    milliseconds, far more than the search. FAISS's thread count is per calling thread, so this
+    does not affect other threads' searches.
+    """
+    if queries > 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class _Selector:

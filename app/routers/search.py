@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -91,8 +92,9 @@ async def _read_body(request: Request, settings: Settings) -> tuple[dict[str, An
         fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
         if "tags" in fields:
             fields["tags"] = [t.strip() for t in fields["tags"].split(",") if t.strip()]
-        if "k" in fields:
-            fields["k"] = fields["k"].strip()
+        if "k" in fields:  # form fields are text; the models take only JSON numbers for k
+            with contextlib.suppress(ValueError):
+                fields["k"] = int(fields["k"].strip())
         data = await read_upload(upload, int(settings.max_upload_bytes))
         return fields, data
     if ctype.startswith("application/json") or not ctype:

@@ -1,0 +1,182 @@
+"""What every benchmark shares: the output folder, machine facts, timing and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+OUT_ENV = "FUSION_BENCH_OUT"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a benchmark runs: the quick (CI-sized) variant or the full one, and where to write."""
+
+    quick: bool
+    out: Path
+
+    def path(self, name: str) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self.out / name
+
+
+def resolve_out(arg: str | None) -> Path:
+    """``--out`` if given, else ``$FUSION_BENCH_OUT``, else ``bench/results``."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(OUT_ENV)
+    return Path(env) if env else RESULTS_DIR
+
+
+def _lscpu_model() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _ram_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    """The facts a reader needs to compare figures: CPU, cores, RAM, library versions."""
+    import faiss
+    import open_clip
+    import torch
+
+    from models.encoder import native_bf16
+
+    return {
+        "cpu": _lscpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(_ram_bytes() / 2**30, 1),
+        "native_bf16": native_bf16(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "open_clip": open_clip.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # load averages when the result was written: above the benchmark's own use, other work
+        # shared the machine
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_json(opts: Options, name: str, data: dict[str, Any]) -> Path:
+    """Write ``<out>/<name>.json`` with the machine facts and the mode added; returns the path."""
+    path = opts.path(f"{name}.json")
+    payload = {"benchmark": name, "quick": opts.quick, "machine": machine(), **data}
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in milliseconds of per-call durations in seconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"),
+                "mean_ms": float("nan"), "n": 0}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "n": int(ms.size),
+    }
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 1) -> list[float]:
+    """Durations in seconds of ``n`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def best_rate(fn: Callable[[], object], items: int, repeats: int) -> float:
+    """Items per second of the fastest of ``repeats`` timed calls (the least disturbed one)."""
+    return items / min(time_calls(fn, repeats, warmup=0))
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> None:
+    """A plain fixed-width table on stdout."""
+    print(f"\n## {title}")
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+              for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def plt_module() -> Any:
+    """matplotlib.pyplot with a file-only backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(opts: Options, fig: Any, name: str) -> Path:
+    path = opts.path(f"{name}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt_module().close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    t = os.times()
+    return t.user + t.system
