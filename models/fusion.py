@@ -30,8 +30,9 @@ class FusionConfig:
     depth: int = 2
     image_tokens: int = 0  # > 0: learn a position embedding for that many patch tokens
     token_layer: int = -1  # vision block whose patch outputs the heads read; -1: the last
+    coords: bool = False  # add each patch's (x, y) grid coordinates, projected, to its token
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -119,6 +120,32 @@ def _position_embedding(cfg: FusionConfig) -> nn.Parameter | None:
     return nn.Parameter(torch.randn(1, cfg.image_tokens, cfg.width) * 0.02)
 
 
+class PatchCoords(nn.Module):
+    """A learned projection of each patch's fixed (x, y) centre in [-1, 1] on a square grid.
+
+    Attention averages values, so a text token that attends to one object's patches reads that
+    object's mean coordinates linearly: "left of" becomes a comparison of two numbers.
+    """
+
+    def __init__(self, tokens: int, width: int) -> None:
+        super().__init__()
+        side = round(tokens**0.5)
+        if side * side != tokens:
+            raise ValueError(f"coords need a square patch grid, got {tokens} tokens")
+        c = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+        yy, xx = torch.meshgrid(c, c, indexing="ij")
+        self.register_buffer("xy", torch.stack([xx.ravel(), yy.ravel()], -1)[None],
+                             persistent=False)
+        self.proj = nn.Linear(2, width)
+
+    def forward(self) -> torch.Tensor:
+        return self.proj(self.xy)
+
+
+def _coords(cfg: FusionConfig) -> PatchCoords | None:
+    return PatchCoords(cfg.image_tokens, cfg.width) if cfg.coords else None
+
+
 def _at_eot(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), eot]
 
@@ -134,6 +161,7 @@ class AttentionFusion(nn.Module):
         self.text_in = nn.Linear(cfg.text_width, cfg.width)
         self.image_in = nn.Linear(cfg.image_width, cfg.width)
         self.image_pos = _position_embedding(cfg)
+        self.image_xy = _coords(cfg)
         self.blocks = nn.ModuleList(FusionBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.ln_out = nn.LayerNorm(cfg.width)
         self.match_head = nn.Sequential(
@@ -152,6 +180,8 @@ class AttentionFusion(nn.Module):
         image = self.image_in(b.image_tokens.to(x.dtype))
         if self.image_pos is not None:
             image = image + self.image_pos
+        if self.image_xy is not None:
+            image = image + self.image_xy()
         weights = None
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
@@ -181,6 +211,7 @@ class CrossAttentionOne(nn.Module):
         self.text_in = nn.Linear(cfg.text_width, w)
         self.image_in = nn.Linear(cfg.image_width, w)
         self.image_pos = _position_embedding(cfg)
+        self.image_xy = _coords(cfg)
         self.cross_attn = nn.MultiheadAttention(w, cfg.heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.LayerNorm(w))
         self.match_head = nn.Linear(w, 1)
@@ -191,6 +222,8 @@ class CrossAttentionOne(nn.Module):
         kv = self.image_in(b.image_tokens.to(q.dtype))
         if self.image_pos is not None:
             kv = kv + self.image_pos
+        if self.image_xy is not None:
+            kv = kv + self.image_xy()
         attended = self.cross_attn(q, kv, kv, need_weights=False)[0]
         return self.mlp(torch.cat([q, attended], dim=-1).squeeze(1))
 

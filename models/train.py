@@ -53,9 +53,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     aux_weight: float = 1.0  # scene-graph attribute prediction beside the contrastive loss
+    layout_weight: float = 10.0  # where each colour and shape sits, from both towers' embeddings
     fusion_width: int = 128
     fusion_depth: int = 2
     token_layer: int = -1  # vision block the fusion heads read patch tokens from (-1: last)
+    coords: bool = True  # fusion heads see each patch's (x, y) grid position
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -185,6 +187,58 @@ def scene_targets(scenes: Sequence[syn.Scene]) -> tuple[torch.Tensor, torch.Tens
     return objs, bg
 
 
+LAYOUT_SLOTS = [("color", c) for c in syn.COLORS] + [("shape", sh) for sh in syn.SHAPES]
+_REL_OFFSET = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0),
+               "below": (0.0, 1.0)}
+
+
+def _slot(kind: str, value: str) -> int:
+    return LAYOUT_SLOTS.index((kind, value))
+
+
+def layout_targets(scenes: Sequence[syn.Scene]) -> torch.Tensor:
+    """(B, 2 * slots): each colour's and shape's (x, y) offset from the scene's centre of mass.
+
+    Zero for attributes that are absent (and for a lone object). A dual encoder that only knows
+    *which* objects are present cannot tell "a red circle left of a blue square" from its mirror
+    image; these targets make the pooled image embedding carry a linear read-out of where each
+    colour and shape is, so that a caption's relation becomes a direction in the joint space.
+    """
+    out = torch.zeros(len(scenes), len(LAYOUT_SLOTS), 2)
+    count = torch.zeros(len(scenes), len(LAYOUT_SLOTS), 1)
+    for i, sc in enumerate(scenes):
+        mx = sum(o.x for o in sc.objects) / len(sc.objects)
+        my = sum(o.y for o in sc.objects) / len(sc.objects)
+        for o in sc.objects:
+            for k in (_slot("color", o.color), _slot("shape", o.shape)):
+                out[i, k] += torch.tensor([2 * (o.x - mx), 2 * (o.y - my)])
+                count[i, k] += 1
+    return (out / count.clamp(min=1)).flatten(1)
+
+
+def claim_layout(claims: Sequence[syn.Claim]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same layout as stated by a caption, and a mask of what the caption determines.
+
+    "A left of B" puts A's colour and shape at (-0.5, 0) and B's at (+0.5, 0); only the slots
+    the caption names are supervised, and nothing for claims without a relation.
+    """
+    out = torch.zeros(len(claims), len(LAYOUT_SLOTS), 2)
+    mask = torch.zeros(len(claims), len(LAYOUT_SLOTS), 2)
+    for i, c in enumerate(claims):
+        if c.relation is None or len(c.objects) != 2:
+            continue
+        dx, dy = _REL_OFFSET[c.relation]
+        hits: dict[int, list[tuple[float, float]]] = {}
+        for d, sign in zip(c.objects, (0.5, -0.5), strict=True):
+            for k in [_slot("shape", d.shape)] + ([_slot("color", d.color)] if d.color else []):
+                hits.setdefault(k, []).append((sign * dx, sign * dy))
+        for k, offs in hits.items():
+            if len(offs) == 1:  # a colour or shape both objects share says nothing
+                out[i, k] = torch.tensor(offs[0])
+                mask[i, k] = 1.0
+    return out.flatten(1), mask.flatten(1)
+
+
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                   work: Path) -> list[float]:
     """Contrastive training of both towers with multi-positive targets and swapped captions.
@@ -193,8 +247,12 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
     embedding: dense supervision that teaches the small image tower colours and shapes sooner.
     """
     embed_dim = clip.text_projection.shape[1]
-    aux = torch.nn.Linear(embed_dim, len(OBJECT_TYPES) + len(syn.BACKGROUNDS))
-    params = list(clip.named_parameters()) + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
+    n_cls = len(OBJECT_TYPES) + len(syn.BACKGROUNDS)
+    aux = torch.nn.Linear(embed_dim, n_cls + 2 * len(LAYOUT_SLOTS))
+    text_aux = torch.nn.Linear(embed_dim, 2 * len(LAYOUT_SLOTS))
+    params = (list(clip.named_parameters())
+              + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
+              + [(f"text_aux.{n}", p) for n, p in text_aux.named_parameters()])
     opt = _optimizer(params, cfg.lr, cfg.weight_decay)
     ckpt = work / "encoder.pt"
     start, losses = 0, []
@@ -202,8 +260,9 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
         state = torch.load(ckpt, weights_only=False)
         clip.load_state_dict(state["model"])
         start, losses = state["step"], state["losses"]
-        if "aux" in state:
+        if "text_aux" in state:
             aux.load_state_dict(state["aux"])
+            text_aux.load_state_dict(state["text_aux"])
             opt.load_state_dict(state["opt"])
         log.info("resumed encoder training at step %d", start)
     rng = np.random.default_rng([cfg.seed, start])
@@ -232,25 +291,30 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
         logits_aux = aux(raw)
         aux_loss = F.binary_cross_entropy_with_logits(
             logits_aux[:, : len(OBJECT_TYPES)], objs
-        ) * 10.0 + F.cross_entropy(logits_aux[:, len(OBJECT_TYPES) :], bg)
+        ) * 10.0 + F.cross_entropy(logits_aux[:, len(OBJECT_TYPES) : n_cls], bg)
         ids = tokenizer(texts + negs)
         txt = encode_text_tokens(clip, ids)[3]
+        t_layout, t_mask = claim_layout(claims)
+        layout_loss = F.mse_loss(logits_aux[:, n_cls:], layout_targets(scenes)) + (
+            (text_aux(txt[: len(texts)]) - t_layout) ** 2 * t_mask
+        ).sum() / t_mask.sum().clamp(min=1)
         scale = clip.logit_scale.exp().clamp(max=100)
         logits = scale * txt @ img.T  # (T + negs, B)
         t2i = multi_positive_loss(logits[: len(texts)], pos)
         i2t_pos = torch.cat([pos.T, torch.zeros(len(scenes), len(negs))], dim=1)
         i2t = multi_positive_loss(logits.T, i2t_pos)
-        loss = 0.5 * (t2i + i2t) + cfg.aux_weight * aux_loss
+        loss = 0.5 * (t2i + i2t) + cfg.aux_weight * aux_loss + cfg.layout_weight * layout_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", aux=f"{float(aux_loss):.3f}",
-                        scale=f"{float(scale):.1f}")
+                        layout=f"{float(layout_loss):.3f}", scale=f"{float(scale):.1f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.encoder_steps:
             torch.save({"model": clip.state_dict(), "aux": aux.state_dict(),
-                        "opt": opt.state_dict(), "step": step + 1, "losses": losses}, ckpt)
+                        "text_aux": text_aux.state_dict(), "opt": opt.state_dict(),
+                        "step": step + 1, "losses": losses}, ckpt)
     clip.eval()
     return losses
 
@@ -305,7 +369,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         _, probe = frozen_images(clip, pool.pixels[:1], cfg.token_layer)
     fcfg = FusionConfig(text_width, probe.shape[-1], embed_dim, cfg.fusion_width, 4,
                         cfg.fusion_depth, image_tokens=probe.shape[1],
-                        token_layer=cfg.token_layer)
+                        token_layer=cfg.token_layer, coords=cfg.coords)
     heads = FusionHeads(fcfg)
     opt = _optimizer(list(heads.named_parameters()), cfg.fusion_lr, 0.01)
     rng = np.random.default_rng(cfg.seed + 1)
