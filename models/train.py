@@ -330,6 +330,19 @@ def frozen_images(clip: Any, pixels: torch.Tensor,
 
 
 @torch.no_grad()
+def frozen_all(clip: Any, pixels: torch.Tensor, token_layer: int = -1, tokens: bool = True,
+               desc: str = "encode") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings (and patch tokens) of every image once: the encoder is frozen in stage 2."""
+    embs, toks = [], []
+    for s in tqdm(range(0, len(pixels), 512), desc=desc, unit="batch", leave=False):
+        e, t = frozen_images(clip, pixels[s : s + 512], token_layer)
+        embs.append(e)
+        if tokens:
+            toks.append(t)
+    return torch.cat(embs), torch.cat(toks) if tokens else None
+
+
+@torch.no_grad()
 def frozen_texts(clip: Any, tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, ...]:
     return encode_text_tokens(clip, tokenizer(texts))
 
@@ -384,24 +397,25 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
     bar = tqdm(range(start, cfg.fusion_steps), desc="stage 2: fusion heads", unit="step",
                initial=start, total=cfg.fusion_steps)
     half = cfg.batch // 2
+    pool_emb, pool_tok = frozen_all(clip, pool.pixels, cfg.token_layer, desc="encode pool")
+    ref_emb, ref_tok = frozen_all(clip, trip.ref, cfg.token_layer, desc="encode references")
+    tgt_emb, _ = frozen_all(clip, trip.target, tokens=False, desc="encode targets")
+    assert pool_tok is not None and ref_tok is not None
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.fusion_steps, cfg.fusion_lr, cfg.warmup)
         # match: true captions vs attribute/relation swaps vs random captions
         idx = rng.choice(len(pool), half // 2, replace=False)
         rows, texts, labels = match_examples(pool, idx, rng)
-        uniq, inv = np.unique(np.asarray(rows), return_inverse=True)
-        emb, tok = frozen_images(clip, pool.pixels[uniq], cfg.token_layer)
-        inv_t = torch.from_numpy(inv)
-        b = _pair_batch((emb[inv_t], tok[inv_t]), frozen_texts(clip, tokenizer, texts))
+        sel = torch.as_tensor(rows)
+        b = _pair_batch((pool_emb[sel], pool_tok[sel]), frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
         per_head = {k: F.binary_cross_entropy_with_logits(heads.score(k, b), y)
                     for k in heads.heads}
         match_loss = sum(per_head.values())
         # compose: query from (reference, text) against frozen target embeddings in the batch
         tidx = rng.choice(len(trip.texts), half, replace=False)
-        r_emb, r_tok = frozen_images(clip, trip.ref[tidx], cfg.token_layer)
-        t_emb, _ = frozen_images(clip, trip.target[tidx])
+        r_emb, r_tok, t_emb = ref_emb[tidx], ref_tok[tidx], tgt_emb[tidx]
         cb = _pair_batch((r_emb, r_tok), frozen_texts(clip, tokenizer,
                                                       [trip.texts[i] for i in tidx]))
         keys = [trip.target_keys[i] for i in tidx]
