@@ -58,6 +58,7 @@ class TrainConfig:
     fusion_depth: int = 2
     token_layer: int = -1  # vision block the fusion heads read patch tokens from (-1: last)
     coords: bool = True  # fusion heads see each patch's (x, y) grid position
+    mined: int = 24  # captions per stage-2 step whose top-8 dual-encoder hits are match examples
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -370,6 +371,32 @@ def match_examples(pool: ScenePool, idx: np.ndarray,
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
+@torch.no_grad()
+def mined_examples(clip: Any, tokenizer: Any, pool: ScenePool, pool_emb: torch.Tensor,
+                   n_captions: int, k: int,
+                   rng: np.random.Generator) -> tuple[list[int], list[str], list[float]]:
+    """(scene index, text, label) for the images a caption's dual-encoder search ranks highest.
+
+    That is the list the service re-ranks, so the match heads learn from exactly its near
+    misses (a large red circle for "a small red circle"), labelled by the scene graph.
+    """
+    cand = torch.as_tensor(rng.choice(len(pool), min(len(pool), 4096), replace=False))
+    texts, claims = [], []
+    for i in rng.choice(len(pool), n_captions, replace=False):
+        text, claim = syn.caption(pool.scenes[i], rng)
+        texts.append(text)
+        claims.append(claim)
+    sims = frozen_texts(clip, tokenizer, texts)[3] @ pool_emb[cand].T
+    top = cand[sims.topk(k, dim=1).indices]
+    rows, out_texts, labels = [], [], []
+    for q, (text, claim) in enumerate(zip(texts, claims, strict=True)):
+        for j in top[q].tolist():
+            rows.append(j)
+            out_texts.append(text)
+            labels.append(float(syn.claim_true(claim, pool.scenes[j])))
+    return rows, out_texts, labels
+
+
 def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
                  cfg: TrainConfig, work: Path) -> tuple[FusionHeads, dict[str, list[float]]]:
     """Train late, early, cross1 and attention heads on the frozen encoder."""
@@ -407,6 +434,9 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         # match: true captions vs attribute/relation swaps vs random captions
         idx = rng.choice(len(pool), half // 2, replace=False)
         rows, texts, labels = match_examples(pool, idx, rng)
+        if cfg.mined:
+            more = mined_examples(clip, tokenizer, pool, pool_emb, cfg.mined, 8, rng)
+            rows, texts, labels = rows + more[0], texts + more[1], labels + more[2]
         sel = torch.as_tensor(rows)
         b = _pair_batch((pool_emb[sel], pool_tok[sel]), frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
