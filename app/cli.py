@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger("fusion-search")
@@ -58,7 +58,8 @@ def _read_table(path: Path) -> Iterator[tuple[Path, str | None]]:
 def _ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from models import BadImage, decode_image
+    from index import Item
+    from models import BadImage, DecodedImage, decode_image
 
     from .main import build_service
     from .routers.images import parse_tags
@@ -71,33 +72,56 @@ def _ingest(args: argparse.Namespace) -> int:
     bad: list[tuple[str, str]] = []
     added = skipped = 0
 
-    def load(src: tuple[Path, str | None]) -> tuple[Path, str | None, bytes | None, object]:
+    def load(src: tuple[Path, str | None]) -> tuple[Path, str | None, bytes, DecodedImage | str]:
+        """The file's bytes and decoded image, or in its place why it cannot be decoded."""
         path, caption = src
         try:
             data = path.read_bytes()
             return path, caption, data, decode_image(data, settings.max_pixels)
         except (OSError, BadImage) as exc:
-            return path, caption, None, exc
+            return path, caption, b"", str(exc)
 
+    def tally(results: Sequence[tuple[Item, bool]]) -> None:
+        nonlocal added, skipped
+        for _, dup in results:
+            added, skipped = added + (not dup), skipped + dup
+        bar.set_postfix(added=added, skipped=skipped, bad=len(bad))
+
+    # Three stages at once: the pool decodes batch i+1 and one writer thread commits batch i-1
+    # (file and SQLite fsyncs) while this thread encodes batch i. One writer keeps the commits
+    # in input order; waiting on its previous commit before submitting the next one re-raises
+    # its error (StorageFull, say) here and stops the run with nothing after it written. An
+    # image repeated across neighbouring batches is encoded twice but stored once: add_many
+    # checks the digests again inside its transaction.
+    chunks = [sources[s : s + args.batch] for s in range(0, len(sources), args.batch)]
     bar = tqdm(total=len(sources), desc="ingest", unit="img")
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        for start in range(0, len(sources), args.batch):
-            chunk = list(pool.map(load, sources[start : start + args.batch]))
-            records = []
-            for src, caption, data, result in chunk:
-                if data is None or isinstance(result, Exception):
-                    bad.append((str(src), str(result)))
-                    continue
-                records.append((data, result, src.name, args.caption or caption, tags))
-            if records:
-                for _, dup in service.store_decoded(records):  # type: ignore[arg-type]
-                    added, skipped = added + (not dup), skipped + dup
-            bar.update(len(chunk))
-            bar.set_postfix(added=added, skipped=skipped, bad=len(bad))
-    bar.close()
-    service.store.close()
-    for path, why in bad:
-        print(f"skipped {path}: {why}", file=sys.stderr)
+    try:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool, \
+                ThreadPoolExecutor(max_workers=1) as writer:
+            decoding = [pool.submit(load, src) for src in chunks[0]] if chunks else []
+            committing: Future[list[tuple[Item, bool]]] | None = None
+            for i in range(len(chunks)):
+                loaded = [f.result() for f in decoding]
+                if i + 1 < len(chunks):
+                    decoding = [pool.submit(load, src) for src in chunks[i + 1]]
+                records = []
+                for path, caption, data, img in loaded:
+                    if isinstance(img, str):
+                        bad.append((str(path), img))
+                    else:
+                        records.append((data, img, path.name, args.caption or caption, tags))
+                uploads = service.prepare_uploads(records) if records else []
+                if committing is not None:
+                    tally(committing.result())
+                committing = writer.submit(service.commit_uploads, uploads) if uploads else None
+                bar.update(len(loaded))
+            if committing is not None:
+                tally(committing.result())
+    finally:
+        bar.close()
+        service.store.close()
+    for name, why in bad:
+        print(f"skipped {name}: {why}", file=sys.stderr)
     print(json.dumps({"added": added, "already_present": skipped, "bad": len(bad)}))
     return 0
 

@@ -128,7 +128,21 @@ class SearchService:
         self,
         records: Sequence[tuple[bytes, DecodedImage, str | None, str | None, list[str]]],
     ) -> list[tuple[Item, bool]]:
-        """Encode already decoded images and store them in one catalog transaction."""
+        """Encode already decoded images and store them in one catalog transaction.
+
+        Raises StorageFull (nothing of the batch is stored).
+        """
+        return self.commit_uploads(self.prepare_uploads(records))
+
+    def prepare_uploads(
+        self,
+        records: Sequence[tuple[bytes, DecodedImage, str | None, str | None, list[str]]],
+    ) -> list[Upload]:
+        """The encoding half of ``store_decoded``: uploads ready for ``commit_uploads``.
+
+        Images already stored (same sha256) are not encoded again; they carry a placeholder.
+        Bulk ingest encodes the next batch while the previous one is being committed.
+        """
         digests = [hashlib.sha256(data).hexdigest() for data, *_ in records]
         todo = [i for i, sha in enumerate(digests) if self.store.get_by_sha(sha) is None]
         emb = np.zeros((0, self.model.embed_dim), np.float32)
@@ -146,6 +160,16 @@ class SearchService:
                 width=img.width, height=img.height, original_name=_safe_name(name),
                 caption=(caption or None), tags=tags,
             ))
+        return uploads
+
+    def commit_uploads(self, uploads: Sequence[Upload]) -> list[tuple[Item, bool]]:
+        """The storing half of ``store_decoded``: one catalog transaction, (item, duplicate)
+        per upload in order; repeats, in the batch or of stored items, are duplicates.
+
+        Raises StorageFull (nothing of the batch is stored); ValueError when an image that was
+        stored when its upload was prepared has been deleted since (its placeholder embedding
+        cannot be stored).
+        """
         results = self.store.add_many(uploads)
         self.captions.added([item for item, dup in results if not dup])
         return results
