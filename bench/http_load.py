@@ -7,8 +7,11 @@ fixed time at a fixed number of concurrent clients (closed loop: each client sen
 request when the previous one is answered): requests/s, p50/p99 latency and errors.
 
 Text search with re-ranking off and on (depth 20, then a server restarted with depth 50), and
-uploads of new PNGs. The server's resident memory (RSS) is read from /proc, next to the bytes
-of patch tokens held in the SQLite catalog, to show those stay on disk.
+uploads of new PNGs. The full run adds the same searches without micro-batching (before/after),
+with one torch thread per request, and text search served by ViT-B-32 (random weights: only its
+speed matters) over a collection of its own without patch tokens. The server's resident memory
+(RSS) is read from /proc, next to the bytes of patch tokens held in the SQLite catalog, to show
+those stay on disk.
 """
 
 from __future__ import annotations
@@ -34,16 +37,27 @@ from tqdm import tqdm
 
 from index import Store, Upload
 
-from .common import Options, latency_stats, plt_module, print_table, save_figure, write_json
+from .common import (
+    Options,
+    cpu_seconds,
+    latency_stats,
+    plt_module,
+    print_table,
+    save_figure,
+    write_json,
+)
 
 MODEL = "fusion-tiny"
 FULL_ITEMS = 100_000
 QUICK_ITEMS = 2_000
 FULL_DURATION = 20.0
-QUICK_DURATION = 2.0
+QUICK_DURATION = 1.0
 LEVELS = (1, 4, 16)
+BIG_MODEL = "ViT-B-32"
+BIG_LEVELS = (1,)
 TAGS = ("red", "green", "blue", "indoor", "outdoor", "large", "small")
-GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0}
+GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
+         "vit_b32_c1_p50_ms": 20.0}
 _LOAD_BATCH = 1000
 
 Request = Callable[[Any, int], Awaitable[Any]]
@@ -60,9 +74,10 @@ def png_bytes(i: int, size: int = 8, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def bulk_load(data_dir: Path, n: int, dim: int, tokens: tuple[int, int], model_name: str,
-              captions: Sequence[str]) -> dict[str, float]:
-    """Fill a data dir with ``n`` synthetic items through Store.add_many; returns timings."""
+def bulk_load(data_dir: Path, n: int, dim: int, tokens: tuple[int, int] | None, model_name: str,
+              captions: Sequence[str]) -> dict[str, Any]:
+    """Fill a data dir with ``n`` synthetic items through Store.add_many (with random patch
+    tokens of shape ``tokens``, or none); returns the seconds it took and the index type."""
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     with Store.open(data_dir, dim=dim, model_name=model_name, snapshot_every=10**9) as store:
@@ -70,13 +85,15 @@ def bulk_load(data_dir: Path, n: int, dim: int, tokens: tuple[int, int], model_n
             count = min(_LOAD_BATCH, n - start)
             emb = rng.standard_normal((count, dim), dtype=np.float32)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            tok = rng.standard_normal((count, *tokens), dtype=np.float32).astype(np.float16)
+            tok = (rng.standard_normal((count, *tokens), dtype=np.float32).astype(np.float16)
+                   if tokens else None)
             uploads = []
             for j in range(count):
                 data = png_bytes(start + j)
                 uploads.append(Upload(
                     data=data, sha256=hashlib.sha256(data).hexdigest(), ext="png",
-                    content_type="image/png", embedding=emb[j], tokens=tok[j], width=8,
+                    content_type="image/png", embedding=emb[j],
+                    tokens=tok[j] if tok is not None else None, width=8,
                     height=8, caption=captions[(start + j) % len(captions)],
                     tags=[TAGS[(start + j) % len(TAGS)]]))
             store.add_many(uploads)
@@ -210,12 +227,14 @@ def upload_request(seed: int) -> Request:
 
 
 def run_levels(name: str, base: str, pid: int, request: Request, duration: float,
-               warmup: float) -> list[dict[str, Any]]:
+               warmup: float, levels: Sequence[int] = LEVELS) -> list[dict[str, Any]]:
     rows = []
-    for c in LEVELS:
-        cpu0, t0 = cpu_ticks(pid), time.perf_counter()
+    for c in levels:
+        cpu0, own0, t0 = cpu_ticks(pid), cpu_seconds(), time.perf_counter()
         row = asyncio.run(drive(base, request, c, duration, warmup))
-        row["server_cpu_cores"] = (cpu_ticks(pid) - cpu0) / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        row["server_cpu_cores"] = (cpu_ticks(pid) - cpu0) / wall
+        row["client_cpu_cores"] = (cpu_seconds() - own0) / wall
         rows.append({"scenario": name, **row})
         print(f"  {name} c={c}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} ms "
               f"p99 {row['p99_ms']:.1f} ms errors {row['errors']}", flush=True)
@@ -246,16 +265,20 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
 
     n = items or (QUICK_ITEMS if opts.quick else FULL_ITEMS)
     seconds = duration or (QUICK_DURATION if opts.quick else FULL_DURATION)
-    warmup = min(0.3, seconds) if opts.quick else 2.0
+    warmup = min(0.2, seconds) if opts.quick else 2.0
+    n_cold = 20 if opts.quick else 50
     model = load_model(MODEL)
     captions = [synthetic.example("val", i, size=8).caption for i in range(500)]
     queries = [synthetic.example("test", i, size=8).caption for i in range(500)]
     work = Path(tempfile.mkdtemp(prefix="fusion-bench-http-"))
     data_dir = work / "data"
     log = work / "server.log"
+    rows: list[dict[str, Any]] = []
 
-    def levels(name: str, base: str, pid: int, request: Request) -> list[dict[str, Any]]:
-        return run_levels(name, base, pid, request, seconds, warmup)
+    def levels(name: str, base: str, pid: int, request: Request,
+               at: Sequence[int] = LEVELS, model_name: str = MODEL, count: int = n) -> None:
+        for row in run_levels(name, base, pid, request, seconds, warmup, at):
+            rows.append({**row, "model": model_name, "items": count})
 
     try:
         loaded = bulk_load(data_dir, n, model.embed_dim,
@@ -266,42 +289,49 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
         print(f"loaded {n:,} items in {loaded['load_s']:.0f} s ({loaded['factory']}); data dir "
               f"{catalog_bytes / 2**20:.0f} MiB, of which patch tokens {token_bytes / 2**20:.0f} "
               "MiB", flush=True)
-        rows: list[dict[str, Any]] = []
         memory: dict[str, Any] = {}
         with server(data_dir, {"FUSION_RERANK_DEPTH": "20"}, log) as (base, pid):
             memory["idle"] = rss_bytes(pid)
             info = httpx.get(f"{base}/api/v1/info").json()
-            cold = cold_start(base, queries, 20 if opts.quick else 50)
+            cold = cold_start(base, queries, n_cold)
             print(f"  cold start: first {cold['requests']} queries p50 {cold['p50_ms']:.1f} ms, "
                   f"max {cold['max_ms']:.0f} ms", flush=True)
-            rows += levels("search", base, pid, search_request(queries, False))
-            rows += levels("search+rerank20", base, pid, search_request(queries, True))
+            levels("search", base, pid, search_request(queries, False))
+            levels("search+rerank20", base, pid, search_request(queries, True))
             memory["after_search"] = rss_bytes(pid)
             if uploads:
-                rows += levels("upload", base, pid, upload_request(seed=1))
+                levels("upload", base, pid, upload_request(seed=1))
                 memory["after_upload"] = rss_bytes(pid)
         if not opts.quick:  # the same server without micro-batching, for before/after
             with server(data_dir, {"FUSION_RERANK_DEPTH": "20", "FUSION_TEXT_BATCH_MAX": "1"},
                         log) as (base, pid):
-                cold_start(base, queries, 50)
-                rows += levels("search, no micro-batching", base, pid,
-                               search_request(queries, False))
+                cold_start(base, queries, n_cold)
+                levels("search, no micro-batching", base, pid, search_request(queries, False))
         with server(data_dir, {"FUSION_RERANK_DEPTH": "50"}, log) as (base, pid):
-            cold_start(base, queries, 20 if opts.quick else 50)
-            rows += levels("search+rerank50", base, pid, search_request(queries, True))
+            cold_start(base, queries, n_cold)
+            levels("search+rerank50", base, pid, search_request(queries, True))
+        if not opts.quick:  # one torch thread per request instead of the default (all cores)
+            with server(data_dir, {"FUSION_RERANK_DEPTH": "50", "FUSION_TORCH_THREADS": "1"},
+                        log) as (base, pid):
+                cold_start(base, queries, n_cold)
+                levels("search [1 torch thread]", base, pid, search_request(queries, False))
+                levels("search+rerank50 [1 torch thread]", base, pid,
+                       search_request(queries, True))
+        shutil.rmtree(data_dir, ignore_errors=True)  # the disk it holds is not needed any more
+        big = big_model_search(work / "data-big", n, captions, queries, log, n_cold, levels)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"items": n, "duration_s": seconds, "warmup_s": warmup, "levels": list(LEVELS),
               "model": MODEL,
               "server": {k: info.get(k) for k in ("model", "precision", "has_fusion", "fusion",
-                                                   "factory", "count", "trained")},
+                                                   "index", "items", "trained")},
               "bulk_load": loaded, "data_dir_bytes": catalog_bytes, "token_bytes": token_bytes,
-              "memory": memory, "cold_start": cold, "rows": rows, "goals": GOALS,
-              "checks": checks(rows),
+              "memory": memory, "cold_start": cold, "big_model": big, "rows": rows,
+              "goals": GOALS, "checks": checks(rows),
               "client": "httpx.AsyncClient, one process on the same machine as the server"}
-    print_table(f"http: {n:,} items, {MODEL}, {seconds:.0f} s per level", rows,
-                ["scenario", "concurrency", "rps", "p50_ms", "p99_ms", "errors",
-                 "server_cpu_cores"])
+    print_table(f"http: {n:,} items, {seconds:.0f} s per level", rows,
+                ["scenario", "model", "concurrency", "rps", "p50_ms", "p99_ms", "errors",
+                 "server_cpu_cores", "client_cpu_cores"])
     print(f"server RSS idle {memory['idle']['rss'] / 2**20:.0f} MiB, peak "
           f"{max(m['peak'] for m in memory.values()) / 2**20:.0f} MiB; patch tokens on disk "
           f"{token_bytes / 2**20:.0f} MiB")
@@ -310,17 +340,38 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
     return result
 
 
+def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: Sequence[str],
+                     log: Path, n_cold: int, levels: Callable[..., None]) -> dict[str, Any]:
+    """Text search served by ViT-B-32 over ``n`` items of its own (no patch tokens: it has no
+    fusion head to re-rank with). Its weights are random; the cost of a query does not depend
+    on them."""
+    import open_clip
+
+    dim = int(open_clip.get_model_config(BIG_MODEL)["embed_dim"])
+    loaded = bulk_load(data_dir, n, dim, None, BIG_MODEL, captions)
+    print(f"loaded {n:,} items for {BIG_MODEL} in {loaded['load_s']:.0f} s", flush=True)
+    with server(data_dir, {"FUSION_MODEL": BIG_MODEL, "FUSION_RERANK_DEPTH": "20"},
+                log) as (base, pid):
+        memory = rss_bytes(pid)
+        cold = cold_start(base, queries, n_cold)
+        levels(f"search [{BIG_MODEL}]", base, pid, search_request(queries, False), BIG_LEVELS,
+               BIG_MODEL, n)
+    return {"model": BIG_MODEL, "items": n, "bulk_load": loaded, "memory_idle": memory,
+            "cold_start": cold}
+
+
 def checks(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def at(scenario: str, c: int) -> dict[str, Any]:
         return next(r for r in rows if r["scenario"] == scenario and r["concurrency"] == c)
 
-    s4, r50 = at("search", 4), at("search+rerank50", 4)
+    s4, r50, big = at("search", 4), at("search+rerank50", 4), at(f"search [{BIG_MODEL}]", 1)
     return {"search_c4_p50_ms": s4["p50_ms"], "search_c4_p99_ms": s4["p99_ms"],
-            "rerank50_c4_p50_ms": r50["p50_ms"],
+            "rerank50_c4_p50_ms": r50["p50_ms"], "vit_b32_c1_p50_ms": big["p50_ms"],
             "errors_total": sum(r["errors"] for r in rows),
             "met": {"search_c4_p50": s4["p50_ms"] <= GOALS["search_c4_p50_ms"],
                     "search_c4_p99": s4["p99_ms"] <= GOALS["search_c4_p99_ms"],
                     "rerank50_c4_p50": r50["p50_ms"] <= GOALS["rerank50_c4_p50_ms"],
+                    "vit_b32_c1_p50": big["p50_ms"] <= GOALS["vit_b32_c1_p50_ms"],
                     "zero_errors": all(r["errors"] == 0 for r in rows)}}
 
 
