@@ -241,9 +241,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.run import main as bench_main
+    from bench.run import run
 
-    return bench_main([args.what] + (["--quick"] if args.quick else []))
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,9 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)
 
-    s = sub.add_parser("bench", help="benchmarks (JSON + PNG under bench/results)")
-    s.add_argument("what", choices=["encode", "index", "http", "ingest", "all"])
-    s.add_argument("--quick", action="store_true")
+    from bench.run import add_arguments as bench_arguments
+
+    s = sub.add_parser("bench", help="benchmarks (JSON + PNG under bench/results) and "
+                                        "docs/benchmarks.md")
+    bench_arguments(s)
     s.set_defaults(fn=_bench)
     return p
 

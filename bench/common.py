@@ -8,37 +8,57 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# quick (CI-sized) runs land apart, so they never overwrite the recorded full results
+QUICK_DIR = RESULTS_DIR / "quick"
 OUT_ENV = "FUSION_BENCH_OUT"
 
 
 @dataclass(frozen=True)
 class Options:
-    """How a benchmark runs: the quick (CI-sized) variant or the full one, and where to write."""
+    """How a benchmark runs: the quick (CI-sized) variant or the full one, and where to write.
+
+    ``command`` is the command line that produced the results (recorded in each JSON file);
+    ``started`` the ``time.perf_counter()`` and ``cpu_started`` the ``cpu_seconds(children=True)``
+    when this benchmark began, so each file records its own wall and CPU time.
+    """
 
     quick: bool
     out: Path
+    command: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=lambda: cpu_seconds(children=True))
 
     def path(self, name: str) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         return self.out / name
 
 
-def resolve_out(arg: str | None) -> Path:
-    """``--out`` if given, else ``$FUSION_BENCH_OUT``, else ``bench/results``."""
+def resolve_out(arg: str | None, quick: bool = False) -> Path:
+    """``--out`` if given, else ``$FUSION_BENCH_OUT``, else ``bench/results`` for a full run and
+    ``bench/results/quick`` for a quick one."""
     if arg:
         return Path(arg)
     env = os.environ.get(OUT_ENV)
-    return Path(env) if env else RESULTS_DIR
+    if env:
+        return Path(env)
+    return QUICK_DIR if quick else RESULTS_DIR
 
 
-def _lscpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (lscpu, then platform, where that is missing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
@@ -68,7 +88,7 @@ def machine() -> dict[str, Any]:
     from models.encoder import native_bf16
 
     return {
-        "cpu": _lscpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "ram_gib": round(_ram_bytes() / 2**30, 1),
         "native_bf16": native_bf16(),
@@ -86,9 +106,13 @@ def machine() -> dict[str, Any]:
 
 
 def write_json(opts: Options, name: str, data: dict[str, Any]) -> Path:
-    """Write ``<out>/<name>.json`` with the machine facts and the mode added; returns the path."""
+    """Write ``<out>/<name>.json`` with the machine facts, the mode, the command and the wall
+    and CPU seconds the benchmark took so far (this process and its finished children)."""
     path = opts.path(f"{name}.json")
-    payload = {"benchmark": name, "quick": opts.quick, "machine": machine(), **data}
+    run = {"command": opts.command,
+           "wall_s": round(time.perf_counter() - opts.started, 1),
+           "cpu_s": round(cpu_seconds(children=True) - opts.cpu_started, 1)}
+    payload = {"benchmark": name, "quick": opts.quick, "run": run, "machine": machine(), **data}
     path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
     print(f"wrote {path}")
     return path
@@ -176,7 +200,7 @@ def save_figure(opts: Options, fig: Any, name: str) -> Path:
     return path
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far."""
+def cpu_seconds(children: bool = False) -> float:
+    """User + system CPU seconds of this process so far (plus its waited-for children)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + ((t.children_user + t.children_system) if children else 0.0)

@@ -1,4 +1,5 @@
-"""Each benchmark runs end to end at a tiny size and writes its JSON and plot.
+"""Each benchmark runs end to end at a tiny size and writes its JSON and plot, then the report
+renders them into a page.
 
 No timing is asserted: figures on a CI runner say nothing; the point is that
 ``fusion-search bench`` keeps working and keeps writing what docs/benchmarks.md reads.
@@ -7,11 +8,13 @@ No timing is asserted: figures on a CI runner say nothing; the point is that
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from bench.common import RESULTS_DIR, resolve_out
+from bench import report
+from bench.common import QUICK_DIR, RESULTS_DIR, resolve_out
 from bench.run import main
 
 CASES = {
@@ -21,21 +24,29 @@ CASES = {
                 "text_cosine_min", "ours_image_matmul_fraction"}),
     "index": (["--sizes", "2000"], {"sizes", "k", "goal", "data_model"},
               {"n", "configs", "overhead", "choice", "flat_batch_qps"}),
-    "http": (["--items", "200", "--duration", "0.3"], {"rows", "memory", "checks", "server"},
+    "http": (["--items", "200", "--duration", "0.2"], {"rows", "memory", "checks", "server"},
              {"scenario", "concurrency", "rps", "p50_ms", "p99_ms", "errors"}),
     "ingest": (["--images", "48"], {"end_to_end_images_per_s", "pure_encode_images_per_s",
                                    "ratio_end_to_end", "stages", "startup_s"}, set()),
 }
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder all the benchmarks of this module write to, as ``bench all`` does."""
+    return tmp_path_factory.mktemp("results")
+
+
 @pytest.mark.parametrize("what", list(CASES))
-def test_benchmark_writes_results(what: str, tmp_path: Path) -> None:
+def test_benchmark_writes_results(what: str, results: Path) -> None:
     extra, top_keys, row_keys = CASES[what]
-    assert main([what, "--quick", "--out", str(tmp_path), *extra]) == 0
-    result = json.loads((tmp_path / f"{what}.json").read_text())
-    assert (tmp_path / f"{what}.png").stat().st_size > 0
+    assert main([what, "--quick", "--out", str(results), *extra]) == 0
+    result = json.loads((results / f"{what}.json").read_text())
+    assert (results / f"{what}.png").stat().st_size > 0
     assert result["benchmark"] == what and result["quick"] is True
     assert {"cpu", "cores", "torch"} <= set(result["machine"])
+    assert result["run"]["command"].startswith(f"fusion-search bench {what} --quick --out ")
+    assert result["run"]["wall_s"] > 0
     assert top_keys <= set(result)
     rows = {"encode": "models", "index": "sizes", "http": "rows"}.get(what)
     if rows:
@@ -47,8 +58,40 @@ def test_benchmark_writes_results(what: str, tmp_path: Path) -> None:
         assert all(0.0 <= r["recall"] <= 1.0 for c in size["configs"] for r in c["sweep"])
     if what == "http":
         assert result["checks"]["errors_total"] == 0
+        scenarios = {r["scenario"] for r in result["rows"]}
+        assert {"search", "search+rerank20", "upload", "search+rerank50",
+                "search [ViT-B-32]"} <= scenarios
     if what == "ingest":
         assert '"added": 48' in result["command_summary"]
+
+
+def test_report_renders_what_was_measured_and_names_the_rest(results: Path) -> None:
+    """Runs after the benchmarks above (file order): a page with their commands, plots and
+    goal lines; a goal whose figure is missing, or measured at another size, is not judged."""
+    doc = results / "page" / "benchmarks.md"
+    assert main(["report", "--out", str(results), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "Quick (CI-sized) results" in text and "CPU **" in text
+    for what in CASES:
+        if (results / f"{what}.json").is_file():
+            assert f"fusion-search bench {what} --quick" in text
+            assert f"](../{what}.png)" in text
+    section = text.split("## Goals", 1)[1].split("\n## ", 1)[0]
+    goal_lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(goal_lines) == 14
+    # nothing here ran at the issue's sizes (1M vectors, 100k items, 10k JPEGs): never "met"
+    assert not any("goal met" in line for line in goal_lines)
+    assert all(re.search(r"not measured|reported", line) for line in goal_lines)
+
+
+def test_report_without_results_says_not_measured(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    report.write(tmp_path, doc)
+    text = doc.read_text()
+    section = text.split("## Goals", 1)[1].split("\n## ", 1)[0]
+    goal_lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(goal_lines) == 14
+    assert all(line.endswith("| not measured |") for line in goal_lines)
 
 
 def test_results_folder_comes_from_the_argument_or_the_environment(
@@ -59,3 +102,6 @@ def test_results_folder_comes_from_the_argument_or_the_environment(
     assert resolve_out(str(tmp_path / "x")) == tmp_path / "x"
     monkeypatch.delenv("FUSION_BENCH_OUT")
     assert resolve_out(None) == RESULTS_DIR
+    assert resolve_out(None, quick=True) == QUICK_DIR
+    assert report.default_doc(RESULTS_DIR) == report.DOC
+    assert report.default_doc(QUICK_DIR) == QUICK_DIR / "benchmarks.md"
