@@ -390,7 +390,7 @@ def memory_goals(res: Results) -> list[Goal]:
         s = _size(ix, n)
         if s is not None:
             factory = s["choice"]["factory"]
-            c = next((c for c in s["configs"] if c["factory"] == factory and c["n"] == n), None)
+            c = next((c for c in s["configs"] if c.get("factory") == factory and c["n"] == n), None)
             if c is not None:
                 text += (f" (the HTTP benchmark serves {h['items']:,} items)" if h else "") + (
                     f"; the index index.choice picks at this size, `{factory}`, serialises to "
