@@ -68,6 +68,8 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
 def test_report_renders_what_was_measured_and_names_the_rest(results: Path) -> None:
     """Runs after the benchmarks above (file order): a page with their commands, plots and
     goal lines; a goal whose figure is missing, or measured at another size, is not judged."""
+    if not list(results.glob("*.json")):
+        pytest.skip("needs the benchmark tests above to have run in this session")
     doc = results / "page" / "benchmarks.md"
     assert main(["report", "--out", str(results), "--doc", str(doc)]) == 0
     text = doc.read_text()
