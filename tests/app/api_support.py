@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -21,21 +20,6 @@ from app.settings import Settings
 from models import synthetic as syn
 
 API = "/api/v1"
-
-
-class ResponseLike(Protocol):
-    """What the checks read from an answer, from TestClient or from httpx against a server."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    @property
-    def text(self) -> str: ...
-
-    def json(self) -> Any: ...
 
 
 @dataclass
@@ -148,27 +132,6 @@ def search_file(client: TestClient, data: bytes, **fields: Any) -> dict[str, Any
 
 def hit_ids(results: dict[str, Any]) -> list[int]:
     return [h["id"] for h in results["hits"]]
-
-
-def assert_error(resp: ResponseLike, status: int, code: str | None = None) -> dict[str, str]:
-    """The answer has ``status`` and the body ``{"error": {"code", "message"}}``, nothing else."""
-    assert resp.status_code == status, f"{resp.status_code}: {resp.text[:500]}"
-    assert resp.headers["content-type"].startswith("application/json"), resp.headers
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"code", "message"}, body
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, body
-    return error  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli_command() -> list[str]:

@@ -7,18 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import (
-    API,
-    ResponseLike,
-    assert_error,
-    encode,
-    make_settings,
-    noise_png,
-    part,
-    scene,
-    scene_png,
-)
+from api_support import API, encode, make_settings, noise_png, part, scene, scene_png
 from fastapi.testclient import TestClient
+from http_checks import ResponseLike, assert_error
 from PIL import Image
 
 from app.main import create_app

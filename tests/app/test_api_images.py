@@ -7,7 +7,6 @@ import hashlib
 from api_support import (
     API,
     Gallery,
-    assert_error,
     encode,
     hit_ids,
     part,
@@ -19,6 +18,7 @@ from api_support import (
     upload_scene,
 )
 from fastapi.testclient import TestClient
+from http_checks import assert_error
 
 
 def test_upload_one_with_caption_and_tags(client: TestClient) -> None:

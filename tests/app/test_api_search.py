@@ -15,7 +15,6 @@ import pytest
 from api_support import (
     API,
     Gallery,
-    assert_error,
     encode,
     hit_ids,
     scene,
@@ -25,6 +24,7 @@ from api_support import (
     upload,
 )
 from fastapi.testclient import TestClient
+from http_checks import assert_error
 
 from models.encoder import rerank_scores
 

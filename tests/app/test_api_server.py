@@ -10,18 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import (
-    API,
-    Apps,
-    assert_error,
-    cli_command,
-    encode,
-    free_port,
-    hit_ids,
-    scene,
-    scene_png,
-    subprocess_env,
-)
+from api_support import API, Apps, cli_command, encode, hit_ids, scene, scene_png, subprocess_env
+from http_checks import assert_error, free_port
 
 # Generous: start-up imports torch, and these cores are shared with a training run.
 START_TIMEOUT_S = 300

@@ -9,7 +9,6 @@ from api_support import (
     API,
     Apps,
     Gallery,
-    assert_error,
     hit_ids,
     scene,
     scene_png,
@@ -18,6 +17,7 @@ from api_support import (
     upload_scene,
 )
 from fastapi.testclient import TestClient
+from http_checks import assert_error
 
 import models
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from http_checks import free_port
 
 from app.demo import DEMO_IMAGE_SIZE, DEMO_SPLIT
 from models import synthetic as syn
@@ -69,17 +69,11 @@ class Server:
         return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def spawn_server(root: Path, demo_count: int = DEMO_COUNT, **env: str) -> Server:
     """Start uvicorn on a free port with a fresh data dir; see wait_ready."""
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
-    port = _free_port()
+    port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
     environ.update({
         "FUSION_DATA_DIR": str(data_dir), "FUSION_DEMO": "true",

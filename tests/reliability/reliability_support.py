@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from http_checks import free_port
 
 from app.settings import Settings
 from models import synthetic as syn
@@ -57,29 +57,6 @@ def scene(i: int, split: str = "test") -> tuple[bytes, str]:
     buf = io.BytesIO()
     example.image.save(buf, format="PNG")
     return buf.getvalue(), example.caption
-
-
-def assert_error(resp: httpx.Response, status: int | tuple[int, ...],
-                 code: str | None = None) -> dict[str, str]:
-    """The answer is a JSON ``{"error": {"code", "message"}}`` with (one of) ``status``."""
-    wanted = status if isinstance(status, tuple) else (status,)
-    assert resp.status_code in wanted, f"{resp.status_code}: {resp.text[:300]}"
-    assert resp.headers["content-type"].startswith("application/json"), resp.headers
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"code", "message"}, body
-    assert isinstance(error["code"], str) and error["code"], body
-    assert isinstance(error["message"], str) and error["message"], body
-    if code is not None:
-        assert error["code"] == code, body
-    return error  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LiveServer:

@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from http_checks import assert_error
 from PIL import Image
-from reliability_support import API, LiveServer, assert_error, record, scene
+from reliability_support import API, LiveServer, record, scene
 
 # Peak resident memory the server may reach while refusing all of this (the model is ~100 MB).
 RSS_LIMIT_KB = int(2.5 * 1024 * 1024)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from reliability_support import API, assert_error, make_settings, scene
+from http_checks import assert_error
+from reliability_support import API, make_settings, scene
 
 import index.atomic
 from app.main import create_app

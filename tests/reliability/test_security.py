@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from reliability_support import API, assert_error, make_settings, scene
+from http_checks import assert_error
+from reliability_support import API, make_settings, scene
 
 import app.deps
 from app.main import create_app
