@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,92 @@ def visual_forward(visual: Any, pixels: torch.Tensor,
     return out["image_features"], out["image_intermediates"][0]
 
 
+def lean_blocks_apply(transformer: Any) -> bool:
+    """Whether ``causal_blocks`` computes exactly what ``transformer(x, attn_mask=causal)`` does:
+    open_clip's plain pre-norm blocks, batch first, no cross-attention or checkpointing."""
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None or not getattr(transformer, "batch_first", False) or len(blocks) == 0:
+        return False
+    for blk in blocks:
+        attn = getattr(blk, "attn", None)
+        if (not isinstance(attn, torch.nn.MultiheadAttention) or not attn.batch_first
+                or attn.in_proj_weight is None or hasattr(blk, "ln_1_kv")
+                or not isinstance(getattr(blk, "mlp", None), torch.nn.Sequential)
+                or type(blk.ln_1).forward is not type(blk.ln_2).forward):
+            return False
+    return not getattr(transformer, "grad_checkpointing", False)
+
+
+def _text_tower(clip: Any) -> torch.nn.ModuleList:
+    """The modules that only the text encoder uses (open_clip's CLIP layout)."""
+    mods = [clip.token_embedding, clip.transformer, clip.ln_final]
+    if isinstance(getattr(clip, "text_projection", None), torch.nn.Module):
+        mods.append(clip.text_projection)
+    holder = torch.nn.ModuleList(mods)
+    for name in ("positional_embedding", "text_projection"):
+        p = getattr(clip, name, None)
+        if isinstance(p, torch.nn.Parameter):
+            holder.register_parameter(name, p)
+    return holder
+
+
+def quicker_text_dtype(clip: Any, dtype: torch.dtype, reps: int = 10) -> torch.dtype:
+    """``dtype`` or float32, whichever runs one short query through the text blocks faster.
+
+    A one-query forward multiplies a handful of token rows by each weight matrix. On a wide
+    model (ViT-B-32) that is bound by reading the weights, which bf16 halves; on a narrow one
+    (fusion-tiny) bf16's per-call overhead costs more than the arithmetic it saves. Timed once at
+    load on the fp32 weights and a bf16 copy of the blocks; float32 must win by 20 % to be kept.
+    """
+    transformer = getattr(clip, "transformer", None)
+    if (getattr(clip, "attn_mask", None) is None or transformer is None
+            or not lean_blocks_apply(transformer)):
+        return dtype
+    width = int(clip.token_embedding.weight.shape[1])
+    copy = _copy_blocks(transformer.resblocks, dtype)
+    x = torch.randn(1, 8, width)
+    runs = ((torch.float32, transformer.resblocks, x), (dtype, copy, x.to(dtype)))
+    times = {dt: math.inf for dt, _, _ in runs}
+    with torch.inference_mode():
+        for _ in range(3):  # the first calls of each precision set up kernels
+            for _, blocks, xs in runs:
+                causal_blocks(blocks, xs)
+        for _ in range(reps):  # alternated, so a busy moment does not favour one side
+            for dt, blocks, xs in runs:
+                t0 = time.perf_counter()
+                causal_blocks(blocks, xs)
+                times[dt] = min(times[dt], time.perf_counter() - t0)
+    return torch.float32 if times[torch.float32] < 0.8 * times[dtype] else dtype
+
+
+def _copy_blocks(blocks: Sequence[Any], dtype: torch.dtype) -> torch.nn.ModuleList:
+    import copy
+
+    return torch.nn.ModuleList(copy.deepcopy(b).to(dtype) for b in blocks)
+
+
+def causal_blocks(blocks: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
+    """The text transformer's blocks with a causal mask, calling the attention kernel directly.
+
+    ``nn.MultiheadAttention`` re-checks and reshapes its arguments on every call; for a short
+    query on a small model that Python work costs more than the arithmetic. Same weights, same
+    operations (pre-norm, fused QKV projection, causal softmax attention, MLP), so the output
+    equals the module path's to rounding (tests/models/test_text_trim.py).
+    """
+    n, length, width = x.shape
+    for blk in blocks:
+        attn = blk.attn
+        heads = attn.num_heads
+        qkv = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = F.linear(o.transpose(1, 2).reshape(n, length, width), attn.out_proj.weight,
+                     attn.out_proj.bias)
+        x = x + blk.ls_1(o)
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x
+
+
 @dataclass(frozen=True)
 class TextBatch:
     """Tokenised and encoded texts, trimmed to the longest text in the batch."""
@@ -129,6 +216,7 @@ class RetrievalModel:
         trained: bool,
         fusion: FusionHeads | None = None,
         dtype: torch.dtype = torch.float32,
+        text_dtype: torch.dtype | None = None,
         device: str = "cpu",
         batch_size: int = 64,
     ) -> None:
@@ -148,7 +236,15 @@ class RetrievalModel:
         self.std = np.asarray(cfg.get("std", open_clip.OPENAI_DATASET_STD), np.float32)
         visual.output_tokens = True
         self.token_layer = fusion.cfg.token_layer if fusion is not None else -1
-        self.clip.to(self._enc_dtype)
+        self.text_dtype = text_dtype or dtype
+        if self.text_dtype == dtype:
+            self.clip.to(dtype)
+        else:  # the text tower keeps its own precision; everything else takes ``dtype``
+            text = {id(p) for p in _text_tower(clip).parameters()}
+            for p in clip.parameters():
+                if id(p) not in text:
+                    p.data = p.data.to(dtype)
+            _text_tower(clip).to(self.text_dtype)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, *self.image_size, device=self.device)
             pooled, tokens = visual_forward(visual, probe.to(self._enc_dtype), self.token_layer)
@@ -157,6 +253,7 @@ class RetrievalModel:
         self.image_token_width = int(tokens.shape[2])
         self.text_width = int(clip.token_embedding.weight.shape[1]) if self._plain_text else 0
         self.context_length = int(getattr(clip, "context_length", 77))
+        self._lean_text = self._plain_text and lean_blocks_apply(clip.transformer)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -235,9 +332,13 @@ class RetrievalModel:
         # text in the batch cannot change any output, so it is not computed.
         length = int(eot.max()) + 1
         ids = ids[:, :length]
-        x = c.token_embedding(ids).to(self._enc_dtype)
-        x = x + c.positional_embedding[:length].to(self._enc_dtype)
-        x = c.transformer(x, attn_mask=c.attn_mask[:length, :length].to(self._enc_dtype))
+        dt = self.text_dtype
+        x = c.token_embedding(ids).to(dt)
+        x = x + c.positional_embedding[:length].to(dt)
+        if self._lean_text:
+            x = causal_blocks(c.transformer.resblocks, x)
+        else:
+            x = c.transformer(x, attn_mask=c.attn_mask[:length, :length].to(dt))
         x = c.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = c.text_projection
@@ -408,7 +509,10 @@ def load_model(
         except ModelLoadError as exc:  # serve with late fusion rather than not at all
             log.error("bundled fusion heads unusable, falling back to late fusion: %s", exc)
     dtype = resolve_dtype(precision, device)
+    text_dtype = dtype
+    if precision == "auto" and dtype != torch.float32 and device == "cpu":
+        text_dtype = quicker_text_dtype(clip, dtype)
     return RetrievalModel(
         name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dtype,
-        device=device, batch_size=batch_size,
+        text_dtype=text_dtype, device=device, batch_size=batch_size,
     )
