@@ -207,9 +207,9 @@ class VectorIndex:
                 params, exhaustive = self._search_params(selector.sel, effort, kk, stored)
                 with _one_thread_for(matrix.shape[0]):
                     scores, labels = self._index.search(matrix, kk, params=params)
-                hits = [
-                    [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i != -1]
-                    for row_s, row_i in zip(scores, labels, strict=True)
+                hits = [  # tolist(): Python numbers at once, not one numpy scalar at a time
+                    [(i, s) for s, i in zip(row_s, row_i, strict=True) if i != -1]
+                    for row_s, row_i in zip(scores.tolist(), labels.tolist(), strict=True)
                 ]
                 if exhaustive or all(len(h) >= want for h in hits):
                     return hits

@@ -91,7 +91,9 @@ def test_choose_factory_rejects_nonsense(bad: tuple[int, int, int]) -> None:
         ("HNSW32", {"efSearch": 64}),
         ("HNSW32,Flat", {"efSearch": 64}),
         ("IVF1024,SQ8", {"nprobe": 16}),
-        ("IVF65536,PQ64", {"nprobe": 1024}),
+        ("IVF65536,PQ64", {"nprobe": 256}),
+        ("IVF4096,SQ8", {"nprobe": 16}),
+        ("IVF16384,SQ8", {"nprobe": 64}),
         ("IVF8,PQ4", {"nprobe": 8}),
     ],
 )
