@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def _copy_blocks(blocks: Sequence[Any], dtype: torch.dtype) -> torch.nn.ModuleLi
     return torch.nn.ModuleList(copy.deepcopy(b).to(dtype) for b in blocks)
 
 
-def causal_blocks(blocks: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
+def causal_blocks(blocks: Iterable[Any], x: torch.Tensor) -> torch.Tensor:
     """The text transformer's blocks with a causal mask, calling the attention kernel directly.
 
     ``nn.MultiheadAttention`` re-checks and reshapes its arguments on every call; for a short
