@@ -1,10 +1,19 @@
-"""HTTP load: a real uvicorn server (subprocess) holding N items, driven by async httpx clients.
+"""HTTP load: a real uvicorn server (subprocess) holding N items, driven by wrk (or httpx).
 
 The collection is bulk-loaded straight into the data dir through ``Store.add_many`` with random
 unit embeddings, random float16 patch tokens of the model's shape and small unique PNG files, so
 100k items need no image encoding. Then, per server configuration, each load level runs for a
 fixed time at a fixed number of concurrent clients (closed loop: each client sends its next
 request when the previous one is answered): requests/s, p50/p99 latency and errors.
+
+The searches are driven by ``wrk`` (a C load generator, Debian package ``wrk``; ``make bench``
+installs it) with a generated Lua script that cycles through the query list and prints exact
+percentiles from its ``done()`` hook: at about 2 ms of CPU per request, the in-process httpx
+client took a third of a core from the two-core server it measured. Where ``wrk`` is not on PATH
+(or ``FUSION_BENCH_WRK=off``) the async httpx driver runs them instead, and says so. Uploads
+(multipart, a unique PNG each, since duplicates are deduplicated by sha256) always use httpx.
+The full run also drives search at 4 clients with httpx on the same server, to show what the
+Python client costs.
 
 Text search with re-ranking off and on (depth 20, then a server restarted with depth 50), and
 uploads of new PNGs. The full run adds the same searches without micro-batching (before/after),
@@ -19,8 +28,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
+import logging
+import math
 import os
+import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +75,11 @@ TAGS = ("red", "green", "blue", "indoor", "outdoor", "large", "small")
 GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
          "vit_b32_c1_p50_ms": 20.0}
 _LOAD_BATCH = 1000
+SEARCH_PATH = "/api/v1/search/text"
+WRK_ENV = "FUSION_BENCH_WRK"  # "off" forces httpx; a path or name picks that wrk binary
+WRK_THREADS = 2  # wrk threads at most (each drives concurrency/threads connections)
+COMPARE_LEVEL = 4  # full run: search at this many clients with httpx as well, same server
+HTTPX_COMPARISON = "search [httpx client]"
 
 Request = Callable[[Any, int], Awaitable[Any]]
 
@@ -209,12 +230,194 @@ async def drive(base: str, request: Request, concurrency: int, duration: float,
             "errors": sum(errors.values()), "error_kinds": errors, **latency_stats(lat)}
 
 
-def search_request(queries: Sequence[str], rerank: bool) -> Request:
-    async def request(client: Any, i: int) -> Any:
-        body = {"query": queries[i % len(queries)], "k": 10, "rerank": rerank}
-        return await client.post("/api/v1/search/text", json=body)
+@dataclass(frozen=True)
+class Search:
+    """Text searches cycling through ``queries``: what either client sends."""
 
-    return request
+    queries: Sequence[str]
+    rerank: bool
+
+    def body(self, i: int) -> dict[str, Any]:
+        return {"query": self.queries[i % len(self.queries)], "k": 10, "rerank": self.rerank}
+
+    def httpx_request(self) -> Request:
+        async def request(client: Any, i: int) -> Any:
+            return await client.post(SEARCH_PATH, json=self.body(i))
+
+        return request
+
+
+def search_request(queries: Sequence[str], rerank: bool) -> Search:
+    return Search(tuple(queries), rerank)
+
+
+# ---- wrk ----------------------------------------------------------------------------------------
+
+WRK_MARK = "FUSION_WRK"
+_WRK_DONE = """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s {"duration_us": %.0f, "requests": %.0f, "bytes": %.0f, "connect": %.0f, "read": %.0f, '
+    .. '"write": %.0f, "status": %.0f, "timeout": %.0f, "p50_us": %.0f, "p90_us": %.0f, '
+    .. '"p99_us": %.0f, "mean_us": %.1f, "max_us": %.0f}\\n',
+    MARK, summary.duration, summary.requests, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def find_wrk() -> str | None:
+    """The wrk binary to drive searches with: ``$FUSION_BENCH_WRK`` (a path or name; "off"
+    for none), else ``wrk`` on PATH; None where there is none."""
+    choice = os.environ.get(WRK_ENV, "").strip()
+    if choice.lower() in ("0", "off", "no", "none", "httpx"):
+        return None
+    return shutil.which(choice or "wrk")
+
+
+def wrk_version(wrk: str) -> str:
+    """``wrk debian/4.1.0-3+b2 [epoll]``: the first line ``wrk --version`` prints."""
+    proc = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    first = (proc.stdout + proc.stderr).strip().splitlines()[:1]
+    return first[0].split(" Copyright")[0].strip() if first else "wrk"
+
+
+def lua_string(text: str) -> str:
+    """A Lua string literal of ``text`` (bytes outside printable ASCII as decimal escapes)."""
+    out = []
+    for b in text.encode():
+        ch = chr(b)
+        out.append("\\" + ch if ch in '"\\' else ch if 32 <= b < 127 else f"\\{b:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def wrk_script(search: Search, threads: int) -> str:
+    """The Lua script wrk runs: each thread formats one POST per query up front, then cycles
+    through them from its own offset; ``done()`` prints one ``FUSION_WRK {json}`` line with
+    the exact percentiles in microseconds."""
+    bodies = ",\n".join("  " + lua_string(json.dumps(search.body(i)))
+                        for i in range(len(search.queries)))
+    return f"""-- written by bench/http_load.py for one wrk run
+local bodies = {{
+{bodies}
+}}
+local prepared = {{}}
+local i = 0
+local threads = 0
+MARK = "{WRK_MARK}"
+
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+
+function init(args)
+  for n, body in ipairs(bodies) do
+    prepared[n] = wrk.format("POST", {lua_string(SEARCH_PATH)},
+                             {{["Content-Type"] = "application/json"}}, body)
+  end
+  i = (id or 0) * math.floor(#prepared / {threads})
+end
+
+function request()
+  i = i % #prepared + 1
+  return prepared[i]
+end
+{_WRK_DONE}"""
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {value!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """The figures of one wrk run from its stdout: from the ``FUSION_WRK`` line that the
+    script's ``done()`` prints (exact percentiles), else from wrk's own report (``--latency``
+    percentiles, rounded as wrk prints them). ``requests`` and ``rps`` count the answers
+    below 400; ``errors`` are the other answers plus socket errors, by kind."""
+    for line in text.splitlines():
+        if line.startswith(WRK_MARK + " "):
+            d = json.loads(line[len(WRK_MARK) + 1:])
+            kinds = {k: int(d[k]) for k in ("status", "connect", "read", "write", "timeout")}
+            duration, answered = d["duration_us"] / 1e6, int(d["requests"])
+            p = {q: d[f"p{q}_us"] / 1000 for q in (50, 90, 99)}
+            mean, source = d["mean_us"] / 1000, "lua done()"
+            break
+    else:
+        m = re.search(r"^\s*(\d+) requests in ([\d.]+\w+),", text, re.M)
+        if not m:
+            raise ValueError("no wrk report in its output:\n" + text[-2000:])
+        answered, duration = int(m.group(1)), _seconds(m.group(2))
+        p = {int(q): _seconds(v) * 1000
+             for q, v in re.findall(r"^\s*(\d+)%\s+([\d.]+\w+)\s*$", text, re.M)}
+        if not {50, 90, 99} <= set(p):
+            raise ValueError("no latency distribution in the wrk report (run it with --latency)")
+        lat = re.search(r"^\s*Latency\s+([\d.]+\w+)\s", text, re.M)
+        mean, source = (_seconds(lat.group(1)) * 1000 if lat else float("nan")), "wrk --latency"
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                         r"timeout (\d+)", text)
+        status = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        kinds = {"status": int(status.group(1)) if status else 0,
+                 **{k: int(sock.group(i)) if sock else 0
+                    for i, k in enumerate(("connect", "read", "write", "timeout"), 1)}}
+    ok = answered - kinds["status"]
+    errors = {("status>=400" if k == "status" else k): v for k, v in kinds.items() if v}
+    return {"requests": ok, "rps": ok / duration if duration else 0.0,
+            "errors": sum(errors.values()), "error_kinds": errors,
+            "p50_ms": round(p[50], 4), "p90_ms": round(p[90], 4), "p99_ms": round(p[99], 4),
+            "mean_ms": round(mean, 4), "n": ok, "duration_s": round(duration, 3),
+            "percentiles_from": source}
+
+
+def wrk_command(wrk: str, base: str, script: Path, concurrency: int, seconds: int) -> list[str]:
+    threads = min(concurrency, WRK_THREADS)
+    return [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
+            "--latency", "-s", str(script), base + SEARCH_PATH]
+
+
+def run_wrk(wrk: str, base: str, script: Path, concurrency: int, seconds: float) -> str:
+    """One wrk run; its stdout. wrk takes whole seconds: a shorter or fractional time is cut
+    with SIGINT, after which wrk stops and reports as at the end of ``-d`` (its report gives
+    the time it really ran)."""
+    whole = seconds >= 1 and float(seconds).is_integer()
+    cmd = wrk_command(wrk, base, script, concurrency, int(seconds) if whole
+                      else max(1, math.ceil(seconds)))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not whole:
+        time.sleep(seconds)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=math.ceil(seconds) + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{err}{out}")
+    return out
+
+
+def wrk_drive(wrk: str, base: str, search: Search, concurrency: int, duration: float,
+              warmup: float) -> dict[str, Any]:
+    """Closed-loop load with wrk: ``concurrency`` connections for ``duration`` s after a wrk
+    run of ``warmup`` s whose figures are dropped."""
+    with tempfile.TemporaryDirectory(prefix="fusion-wrk-") as tmp:
+        script = Path(tmp) / "search.lua"
+        script.write_text(wrk_script(search, min(concurrency, WRK_THREADS)))
+        if warmup > 0:
+            run_wrk(wrk, base, script, concurrency, warmup)
+        out = run_wrk(wrk, base, script, concurrency, duration)
+    return {"concurrency": concurrency, **parse_wrk(out),
+            "threads": min(concurrency, WRK_THREADS)}
 
 
 def upload_request(seed: int) -> Request:
@@ -226,18 +429,28 @@ def upload_request(seed: int) -> Request:
     return request
 
 
-def run_levels(name: str, base: str, pid: int, request: Request, duration: float,
-               warmup: float, levels: Sequence[int] = LEVELS) -> list[dict[str, Any]]:
+def run_levels(name: str, base: str, pid: int, load: Request | Search, duration: float,
+               warmup: float, levels: Sequence[int] = LEVELS,
+               wrk: str | None = None) -> list[dict[str, Any]]:
+    """Each load level in turn: searches through ``wrk`` where given, anything else through
+    httpx. Client CPU is this process's plus that of its children that ended meanwhile (the
+    wrk runs; the server keeps running, so it is not among them)."""
     rows = []
     for c in levels:
-        cpu0, own0, t0 = cpu_ticks(pid), cpu_seconds(), time.perf_counter()
-        row = asyncio.run(drive(base, request, c, duration, warmup))
+        cpu0, own0, t0 = cpu_ticks(pid), cpu_seconds(children=True), time.perf_counter()
+        if wrk is not None and isinstance(load, Search):
+            client, row = "wrk", wrk_drive(wrk, base, load, c, duration, warmup)
+        else:
+            request = load.httpx_request() if isinstance(load, Search) else load
+            client, row = "httpx", asyncio.run(drive(base, request, c, duration, warmup))
         wall = time.perf_counter() - t0
         row["server_cpu_cores"] = (cpu_ticks(pid) - cpu0) / wall
-        row["client_cpu_cores"] = (cpu_seconds() - own0) / wall
-        rows.append({"scenario": name, **row})
-        print(f"  {name} c={c}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} ms "
-              f"p99 {row['p99_ms']:.1f} ms errors {row['errors']}", flush=True)
+        row["client_cpu_cores"] = (cpu_seconds(children=True) - own0) / wall
+        rows.append({"scenario": name, "client": client, **row})
+        print(f"  {name} c={c} [{client}]: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} ms "
+              f"p99 {row['p99_ms']:.1f} ms errors {row['errors']}; CPU server "
+              f"{row['server_cpu_cores']:.2f}, client {row['client_cpu_cores']:.2f} cores",
+              flush=True)
     return rows
 
 
@@ -263,6 +476,8 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
 
     from models import load_model, synthetic
 
+    # one INFO line per request would be client work measured against the server
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     n = items or (QUICK_ITEMS if opts.quick else FULL_ITEMS)
     seconds = duration or (QUICK_DURATION if opts.quick else FULL_DURATION)
     warmup = min(0.2, seconds) if opts.quick else 2.0
@@ -274,10 +489,14 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
     data_dir = work / "data"
     log = work / "server.log"
     rows: list[dict[str, Any]] = []
+    wrk = find_wrk()
+    clients = client_description(wrk, len(queries), seconds)
+    print(f"load generator: {clients['search']}", flush=True)
 
-    def levels(name: str, base: str, pid: int, request: Request,
-               at: Sequence[int] = LEVELS, model_name: str = MODEL, count: int = n) -> None:
-        for row in run_levels(name, base, pid, request, seconds, warmup, at):
+    def levels(name: str, base: str, pid: int, load: Request | Search,
+               at: Sequence[int] = LEVELS, model_name: str = MODEL, count: int = n,
+               driver: str | None = wrk) -> None:
+        for row in run_levels(name, base, pid, load, seconds, warmup, at, driver):
             rows.append({**row, "model": model_name, "items": count})
 
     try:
@@ -297,6 +516,9 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
             print(f"  cold start: first {cold['requests']} queries p50 {cold['p50_ms']:.1f} ms, "
                   f"max {cold['max_ms']:.0f} ms", flush=True)
             levels("search", base, pid, search_request(queries, False))
+            if wrk is not None and not opts.quick:  # what the Python client costs, same server
+                levels(HTTPX_COMPARISON, base, pid, search_request(queries, False),
+                       (COMPARE_LEVEL,), driver=None)
             levels("search+rerank20", base, pid, search_request(queries, True))
             memory["after_search"] = rss_bytes(pid)
             if uploads:
@@ -328,7 +550,7 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
               "bulk_load": loaded, "data_dir_bytes": catalog_bytes, "token_bytes": token_bytes,
               "memory": memory, "cold_start": cold, "big_model": big, "rows": rows,
               "goals": GOALS, "checks": checks(rows),
-              "client": "httpx.AsyncClient, one process on the same machine as the server"}
+              "client": clients["text"], "clients": clients}
     print_table(f"http: {n:,} items, {seconds:.0f} s per level", rows,
                 ["scenario", "model", "concurrency", "rps", "p50_ms", "p99_ms", "errors",
                  "server_cpu_cores", "client_cpu_cores"])
@@ -338,6 +560,26 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
     write_json(opts, "http", result)
     plot(opts, result)
     return result
+
+
+def client_description(wrk: str | None, n_queries: int, seconds: float) -> dict[str, Any]:
+    """Which load generator drove what, for the result JSON (``text`` is the sentence the
+    report prints)."""
+    httpx_text = "httpx.AsyncClient in the benchmark's Python process"
+    upload = (f"uploads: {httpx_text} (multipart, a unique PNG each, as the server "
+              "deduplicates by sha256)")
+    if wrk is None:
+        search = f"{httpx_text} (wrk not on PATH)"
+        return {"search": search, "upload": "httpx", "wrk": None,
+                "text": f"searches: {search}; {upload}; on the same machine as the server"}
+    version = wrk_version(wrk)
+    search = (f"{version}: up to {WRK_THREADS} threads, one connection per client, a Lua "
+              f"script cycling through {n_queries} queries, percentiles from its done() hook")
+    return {"search": search, "upload": "httpx", "wrk": version,
+            "wrk_command_at_16_clients": shlex.join(wrk_command(
+                "wrk", "http://127.0.0.1:PORT", Path("search.lua"), 16, max(1, round(seconds)))),
+            "comparison": f"'{HTTPX_COMPARISON}' at {COMPARE_LEVEL} clients (full run only)",
+            "text": f"searches: {search}; {upload}; both on the same machine as the server"}
 
 
 def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: Sequence[str],
