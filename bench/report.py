@@ -514,8 +514,23 @@ def index(d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _client(r: dict[str, Any]) -> str:
+    # rows written before wrk drove the searches carry no client: httpx produced them all
+    return str(r.get("client", "httpx"))
+
+
+def client_comparison(d: dict[str, Any]) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(clients, wrk row, httpx row) for the search levels both clients drove in one run."""
+    out = []
+    for c in d.get("levels", []):
+        w, h = _row(d, "search", c), _row(d, "search [httpx client]", c)
+        if w is not None and h is not None and _client(w) == "wrk" and _client(h) == "httpx":
+            out.append((c, w, h))
+    return out
+
+
 def http(d: dict[str, Any]) -> str:
-    rows = [[r["scenario"], r.get("model", d["model"]), r.get("items", d["items"]),
+    rows = [[r["scenario"], _client(r), r.get("model", d["model"]), r.get("items", d["items"]),
              r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"],
              r.get("server_cpu_cores"),
              r["server_cpu_cores"] / r["rps"] * 1000 if r["rps"] else None,
@@ -524,9 +539,23 @@ def http(d: dict[str, Any]) -> str:
     out = [f"{d['duration_s']:g} s per level after {d['warmup_s']:g} s of warm-up; closed "
            f"loop; {d['client']}. Server: {_cell(d['server'])}. Collection bulk-loaded in "
            f"{d['bulk_load']['load_s']:.0f} s.", "",
-           table(rows, ["scenario", "model", "items", "clients", "req/s", "p50 ms", "p99 ms",
-                        "errors", "server CPU (cores)", "server CPU ms/request",
+           table(rows, ["scenario", "client", "model", "items", "clients", "req/s", "p50 ms",
+                        "p99 ms", "errors", "server CPU (cores)", "server CPU ms/request",
                         "client CPU (cores)"]), ""]
+    pairs = client_comparison(d)
+    if pairs:
+        out += ["What the load generator costs, same server, same run: text search driven by "
+                "wrk against the async httpx client in the benchmark's Python process (both "
+                "share the machine's cores with the server):", "",
+                table([[c, w["rps"], h["rps"], w["p50_ms"], h["p50_ms"], w["p99_ms"],
+                        h["p99_ms"], w.get("client_cpu_cores"), h.get("client_cpu_cores"),
+                        w["client_cpu_cores"] / w["rps"] * 1000 if w["rps"] else None,
+                        h["client_cpu_cores"] / h["rps"] * 1000 if h["rps"] else None]
+                       for c, w, h in pairs],
+                      ["clients", "req/s wrk", "req/s httpx", "p50 ms wrk", "p50 ms httpx",
+                       "p99 ms wrk", "p99 ms httpx", "client CPU wrk (cores)",
+                       "client CPU httpx (cores)", "client CPU ms/request wrk",
+                       "client CPU ms/request httpx"]), ""]
     pairs = micro_batching(d)
     if pairs:
         out += ["Text-query micro-batching, same collection, same run (on against off):", "",
