@@ -7,7 +7,7 @@ PORT   ?= 8000
 DATA   ?= ./data
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench browser clean
+.PHONY: run test lint bench wrk browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check app models index tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# Debian's wrk drives the HTTP benchmark's searches; where apt (or sudo) is missing the install
+# is skipped and bench http falls back to its httpx client.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi; } || \
+	  echo "wrk not installed: bench http drives its searches with httpx" >&2
+
+bench: $(STAMP) wrk
 	$(BIN)/fusion-search bench all
 
 clean:
