@@ -106,12 +106,57 @@ class FusionBlock(nn.Module):
         h = self.ln_self(x)
         x = x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
         kv = self.ln_image(image)
-        attended, weights = self.cross_attn(
-            self.ln_cross(x), kv, kv, need_weights=need_weights, average_attn_weights=True
-        )
+        q = self.ln_cross(x)
+        if not torch.is_grad_enabled() and _factored_is_cheaper(self.cross_attn, q, kv):
+            attended, weights = factored_cross_attention(self.cross_attn, q, kv, need_weights)
+        else:
+            attended, weights = self.cross_attn(
+                q, kv, kv, need_weights=need_weights, average_attn_weights=True
+            )
         x = x + attended
         x = x + self.ff(self.ln_ff(x))
         return x, weights
+
+
+def _factored_is_cheaper(attn: nn.MultiheadAttention, q: torch.Tensor, kv: torch.Tensor) -> bool:
+    """Factored attention costs about heads x queries x keys x width multiply-adds per pair
+    against keys x width x width for projecting the keys and values: cheaper while
+    heads x queries < width (a short text over many patches)."""
+    return attn.in_proj_weight is not None and attn.num_heads * q.shape[1] < attn.embed_dim
+
+
+def factored_cross_attention(
+    attn: nn.MultiheadAttention, q: torch.Tensor, kv: torch.Tensor, need_weights: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``attn(q, kv, kv)`` without projecting every key and value.
+
+    Per head, softmax((q Wq + bq) (kv Wk + bk)^T / sqrt(d)) (kv Wv + bv) equals
+    softmax(((q Wq + bq) Wk^T / sqrt(d)) kv^T) (kv Wv) + bv: the key bias adds the same amount
+    to every key's score, which softmax ignores, and attention rows sum to one. So the text's
+    few query rows are carried into the image's width instead of the image's many patch rows
+    into the head's. Re-ranking scores N images against one short text, and the key/value
+    projections of N x 65 patch tokens were most of its arithmetic. Same result as the module to
+    rounding (tests/models/test_model.py); inference only, training keeps the module.
+    """
+    n, length, width = q.shape
+    heads = attn.num_heads
+    d = width // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, _, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
+                   else (None, None, None))
+    qh = F.linear(q, w_q, b_q).view(n * length, heads, d).transpose(0, 1)  # (H, N*L, d)
+    # each head's queries carried back through its key projection, heads side by side per pair
+    q_img = torch.bmm(qh, w_k.view(heads, d, width)) * (d**-0.5)  # (H, N*L, W)
+    q_img = q_img.view(heads, n, length, width).transpose(0, 1).reshape(n, heads * length, width)
+    probs = torch.softmax(torch.bmm(q_img, kv.transpose(1, 2)), dim=-1)  # (N, H*L, T)
+    mixed = torch.bmm(probs, kv)  # (N, H*L, W): each head's attention-weighted patches
+    mixed = mixed.view(n, heads, length, width).transpose(0, 1).reshape(heads, n * length, width)
+    out = torch.bmm(mixed, w_v.view(heads, d, width).transpose(1, 2))  # (H, N*L, d)
+    if b_v is not None:
+        out = out + b_v.view(heads, 1, d)
+    out = attn.out_proj(out.transpose(0, 1).reshape(n, length, width))
+    probs = probs.view(n, heads, length, -1)
+    return out, probs.mean(1) if need_weights else None
 
 
 def _position_embedding(cfg: FusionConfig) -> nn.Parameter | None:
