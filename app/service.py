@@ -211,7 +211,7 @@ class SearchService:
         ids = [i for i, _ in head]
         try:
             tokens = self.store.tokens(ids)
-            emb = np.stack([self.store.embedding(i) for i in ids])
+            emb = self.store.embeddings(ids)
         except Exception as exc:  # an item stored without tokens or deleted meanwhile
             log.info("re-rank skipped: %s", exc)
             return pairs, {}

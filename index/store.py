@@ -541,6 +541,19 @@ class Store:
             raise ItemNotFound(item_id)
         return vecs[0].copy()
 
+    def embeddings(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Stored (n, D) embeddings in the order of ``ids``, read in one query.
+
+        Raises ItemNotFound for an id with no row, IndexNotReady when closed.
+        """
+        self._check_open()
+        found_ids, vecs = self._catalog.embeddings_for(ids)
+        row = {int(i): j for j, i in enumerate(found_ids.tolist())}
+        for item_id in ids:
+            if int(item_id) not in row:
+                raise ItemNotFound(int(item_id))
+        return vecs[[row[int(i)] for i in ids]]
+
     def search(
         self,
         query_vecs: npt.ArrayLike,

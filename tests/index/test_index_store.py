@@ -545,3 +545,16 @@ def test_acknowledged_adds_survive_kill_9(open_store: OpenStore, tmp_path: Path)
         vectors[item_id] = vec / np.linalg.norm(vec)
     assert_all_found(store, vectors)
     assert not [p for p in (tmp_path / "data").rglob("*.tmp")]
+
+
+def test_embeddings_in_the_order_asked(open_store: OpenStore, make_upload: MakeUpload,
+                                       add_one: AddOne) -> None:
+    store = open_store()
+    ups = [make_upload(i) for i in range(3)]
+    items = [add_one(store, up)[0] for up in ups]
+    order = [items[2].id, items[0].id, items[2].id]
+    got = store.embeddings(order)
+    np.testing.assert_array_equal(got, np.stack([ups[2].embedding, ups[0].embedding,
+                                                 ups[2].embedding]))
+    with pytest.raises(ItemNotFound):
+        store.embeddings([items[1].id, 10**9])
