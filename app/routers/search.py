@@ -27,7 +27,7 @@ from ..schemas import (
 )
 from ..service import Results
 from ..settings import Settings
-from .images import read_upload
+from .images import file_url, read_upload
 
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[ReadAuth])
 
@@ -38,7 +38,7 @@ def _hit(request: Request, item: Item, score: float, match: float | None) -> Hit
     return Hit(id=item.id, score=round(score, 6),
                match=None if match is None else round(match, 6),
                caption=item.caption, tags=item.tags,
-               file_url=str(request.url_for("image_file", item_id=item.id).path))
+               file_url=file_url(request, item.id))
 
 
 def _response(request: Request, results: Results, fusion: str) -> SearchResponse:

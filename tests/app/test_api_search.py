@@ -271,3 +271,18 @@ def test_composed_errors(gallery: Gallery) -> None:
                  404, "not_found")
     assert_error(c.post(f"{API}/search/composed", data={"text": "blue"},
                         files={"file": ("r.png", b"\x89PNG\r\n\x1a\n broken")}), 400)
+
+
+def test_file_urls_follow_the_root_path(client: TestClient) -> None:
+    """Hit and item file URLs carry the prefix the app is served under (a proxy's root path),
+    per request, and each one fetches that item's bytes."""
+    png = scene_png(4)
+    (item,) = upload(client, png, caption="a scene")
+    assert item["file_url"] == f"{API}/images/{item['id']}/file"
+    proxied = TestClient(client.app, root_path="/photos")
+    for c, prefix in ((proxied, "/photos"), (client, "")):
+        hits = search_text(c, "a scene", k=1, rerank=False)["hits"]
+        assert hits[0]["file_url"] == f"{prefix}{API}/images/{item['id']}/file"
+        listed = c.get(f"{API}/images/{item['id']}").json()
+        assert listed["file_url"] == hits[0]["file_url"]
+    assert client.get(f"{API}/images/{item['id']}/file").content == png
