@@ -1,6 +1,6 @@
-"""``fusion-search bench {encode,index,http,ingest,all,report} [--quick] [--out DIR]``.
+"""``fusion-search bench {encode,index,http,ingest,memory,all,report} [--quick] [--out DIR]``.
 
-``all`` runs the four benchmarks and then writes the report (docs/benchmarks.md for the recorded
+``all`` runs the five benchmarks and then writes the report (docs/benchmarks.md for the recorded
 results in bench/results; ``<out>/benchmarks.md`` for any other folder, quick runs included).
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .common import Options
 
-BENCHMARKS = ("encode", "index", "http", "ingest")
+BENCHMARKS = ("encode", "index", "http", "ingest", "memory")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, help="http: items in the served collection")
     p.add_argument("--duration", type=float, help="http: seconds per load level")
     p.add_argument("--images", type=int, help="ingest: number of generated JPEGs")
+    p.add_argument("--memory-items", help="memory: comma-separated collection sizes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +51,11 @@ def command_line(args: argparse.Namespace, what: str) -> str:
     if args.out:
         parts += ["--out", args.out]
     options = {"encode": ("models",), "index": ("sizes",), "http": ("items", "duration"),
-               "ingest": ("images",)}[what]
+               "ingest": ("images",), "memory": ("memory_items",)}[what]
     for name in options:
         value = getattr(args, name)
         if value is not None:
-            parts += [f"--{name}", str(value)]
+            parts += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(parts)
 
 
@@ -77,6 +78,11 @@ def _run_one(what: str, opts: Options, args: argparse.Namespace) -> None:
         from . import ingest
 
         ingest.run(opts, images=args.images)
+    elif what == "memory":
+        from . import memory
+
+        sizes = [int(s) for s in args.memory_items.split(",")] if args.memory_items else None
+        memory.run(opts, items=sizes)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ CASES = {
              {"scenario", "concurrency", "rps", "p50_ms", "p99_ms", "errors"}),
     "ingest": (["--images", "48"], {"end_to_end_images_per_s", "pure_encode_images_per_s",
                                    "ratio_end_to_end", "stages", "startup_s"}, set()),
+    "memory": (["--memory-items", "300"], {"rows", "rerank_depth"},
+               {"items", "index", "rss_idle", "rss_after_search", "rss_peak", "token_bytes"}),
 }
 
 
@@ -48,7 +50,7 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
     assert result["run"]["command"].startswith(f"fusion-search bench {what} --quick --out ")
     assert result["run"]["wall_s"] > 0
     assert top_keys <= set(result)
-    rows = {"encode": "models", "index": "sizes", "http": "rows"}.get(what)
+    rows = {"encode": "models", "index": "sizes", "http": "rows", "memory": "rows"}.get(what)
     if rows:
         assert result[rows] and row_keys <= set(result[rows][0])
     if what == "index":
@@ -63,6 +65,9 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
                 "search [ViT-B-32]"} <= scenarios
     if what == "ingest":
         assert '"added": 48' in result["command_summary"]
+    if what == "memory":
+        row = result["rows"][0]
+        assert row["items"] == 300 and row["rss_peak"] >= row["rss_idle"] > 0
 
 
 def test_report_renders_what_was_measured_and_names_the_rest(results: Path) -> None:

@@ -1,0 +1,109 @@
+"""Server memory: resident set size of a real uvicorn server holding N items (1,000,000 in the
+full run), idle and after re-ranked searches, next to the bytes its data dir holds on disk.
+
+The collection is bulk-loaded like the HTTP benchmark's (``Store.add_many`` with random unit
+embeddings, random float16 patch tokens of the bundled model's shape and small unique PNGs), so
+the patch tokens re-ranking reads are really there: the figure shows they stay in the SQLite
+catalog on disk and are read per query, not held in the server's heap.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import Options, plt_module, print_table, save_figure, write_json
+from .http_load import MODEL, TAGS, bulk_load, dir_bytes, rss_bytes, server
+
+FULL_ITEMS = (1_000_000,)
+QUICK_ITEMS = (500,)
+SEARCHES = 200  # re-ranked text searches (depth 50) before the second reading
+QUICK_SEARCHES = 40
+
+
+def measure(n: int, captions: list[str], queries: list[str], work: Path,
+            searches: int = SEARCHES) -> dict[str, Any]:
+    """Bulk-load ``n`` items, serve them, read the server's RSS idle and after searching."""
+    import httpx
+
+    from models import load_model
+
+    model = load_model(MODEL)
+    data_dir = work / f"data-{n}"
+    log = work / "server.log"
+    try:
+        loaded = bulk_load(data_dir, n, model.embed_dim,
+                           (model.num_image_tokens, model.image_token_width), model.name,
+                           captions)
+        on_disk = dir_bytes(data_dir)
+        token_bytes = n * model.num_image_tokens * model.image_token_width * 2
+        t0 = time.perf_counter()
+        with server(data_dir, {"FUSION_RERANK_DEPTH": "50"}, log) as (base, pid):
+            start_s = time.perf_counter() - t0
+            idle = rss_bytes(pid)
+            info = httpx.get(f"{base}/api/v1/info", timeout=60).json()
+            with httpx.Client(base_url=base, timeout=60) as client:
+                for i in range(searches):
+                    body = {"query": queries[i % len(queries)], "k": 10, "rerank": True,
+                            **({"tags": [TAGS[i % len(TAGS)]]} if i % 4 == 3 else {})}
+                    r = client.post("/api/v1/search/text", json=body)
+                    r.raise_for_status()
+            busy = rss_bytes(pid)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    row = {"items": n, "index": info.get("index"), "load_s": loaded["load_s"],
+           "start_s": start_s, "rss_idle": idle["rss"], "rss_after_search": busy["rss"],
+           "rss_peak": busy["peak"], "data_dir_bytes": on_disk, "token_bytes": token_bytes,
+           "searches": searches}
+    print(f"  {n:,} items ({row['index']}): RSS idle {idle['rss'] / 2**20:.0f} MiB, after "
+          f"{searches} re-ranked searches {busy['rss'] / 2**20:.0f} MiB (peak "
+          f"{busy['peak'] / 2**20:.0f} MiB); on disk {on_disk / 2**30:.2f} GiB, of which patch "
+          f"tokens {token_bytes / 2**30:.2f} GiB", flush=True)
+    return row
+
+
+def run(opts: Options, items: list[int] | None = None) -> dict[str, Any]:
+    from models import synthetic
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    sizes = items or list(QUICK_ITEMS if opts.quick else FULL_ITEMS)
+    captions = [synthetic.example("val", i, size=8).caption for i in range(500)]
+    queries = [synthetic.example("test", i, size=8).caption for i in range(500)]
+    work = Path(tempfile.mkdtemp(prefix="fusion-bench-memory-"))
+    try:
+        searches = QUICK_SEARCHES if opts.quick else SEARCHES
+        rows = [measure(n, captions, queries, work, searches) for n in sizes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"model": MODEL, "rerank_depth": 50, "rows": rows}
+    print_table("server memory", [
+        {**r, **{k: r[k] / 2**20 for k in ("rss_idle", "rss_after_search", "rss_peak")},
+         "data_dir_gib": r["data_dir_bytes"] / 2**30, "token_gib": r["token_bytes"] / 2**30}
+        for r in rows],
+        ["items", "index", "rss_idle", "rss_after_search", "rss_peak", "data_dir_gib",
+         "token_gib", "load_s", "start_s"])
+    write_json(opts, "memory", result)
+    plot(opts, rows)
+    return result
+
+
+def plot(opts: Options, rows: list[dict[str, Any]]) -> None:
+    """Resident memory against what the data dir holds on disk, per collection size."""
+    plt = plt_module()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{r['items']:,} items" for r in rows]
+    y = range(len(rows))
+    bars = (("server RSS, peak", "rss_peak"), ("patch tokens on disk", "token_bytes"),
+            ("data dir on disk", "data_dir_bytes"))
+    height = 0.8 / len(bars)
+    for j, (name, key) in enumerate(bars):
+        ax.barh([i + j * height for i in y], [r[key] / 2**30 for r in rows], height, label=name)
+    ax.set_yticks([i + height for i in y], labels)
+    ax.set_xlabel("GiB")
+    ax.set_title("server memory against bytes kept on disk")
+    ax.legend(fontsize=7)
+    save_figure(opts, fig, "memory")
