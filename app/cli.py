@@ -14,6 +14,8 @@ from pathlib import Path
 log = logging.getLogger("fusion-search")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+# ingest decodes a JPEG reduced to no less than this many times the model's input size
+DRAFT_MARGIN = 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,30 +58,66 @@ def _read_table(path: Path) -> Iterator[tuple[Path, str | None]]:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    import gc
+    from collections import deque
 
-    from index import Item
-    from models import BadImage, DecodedImage, decode_image
+    # Start-up allocates millions of long-lived objects (torch, open_clip): collecting cycles
+    # among them is wasted work (~0.7 s), so collection waits until the model is loaded and
+    # those objects are then frozen out of every later collection.
+    gc.disable()
+    try:
+        import torch
+        from tqdm import tqdm
 
-    from .main import build_service
-    from .routers.images import parse_tags
-    from .settings import Settings
+        from index import Item, Upload
+        from models import BadImage, DecodedImage, decode_image
 
-    settings = Settings(data_dir=args.data) if args.data else Settings()
-    service = build_service(settings.model_copy(update={"demo": False}))
+        from .main import build_service
+        from .routers.images import parse_tags
+        from .settings import Settings
+
+        settings = Settings(data_dir=args.data) if args.data else Settings()
+        service = build_service(settings.model_copy(update={"demo": False}))
+    finally:
+        gc.freeze()
+        gc.enable()
     sources = list(iter_sources(args.paths))
     tags = parse_tags(args.tags or [])
     bad: list[tuple[str, str]] = []
     added = skipped = 0
+    Record = tuple[bytes, DecodedImage, str | None, str | None, list[str]]
+
+    # The encoder shrinks every image to its input size anyway: a JPEG is decoded by libjpeg at
+    # 1/2, 1/4 or 1/8 scale while at least DRAFT_MARGIN times that size, so the encoder's own
+    # bicubic resize still does (at least half of) the reduction and the embedding stays that
+    # of the full decode (cosine >= 0.99), at a fraction of the decode and resize cost.
+    h, w = service.model.image_size
+    reduce_to = (w * DRAFT_MARGIN, h * DRAFT_MARGIN)
+    # Several encoder threads, each with its share of the cores for torch: a small model's
+    # forward pass does not keep two cores busy, and one team per core never waits on the
+    # decode or commit threads the way a two-thread team does on a two-core machine.
+    encoders = max(1, args.encoders)
+    torch_threads = torch.get_num_threads()
+    if not settings.torch_threads:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // encoders))
 
     def load(src: tuple[Path, str | None]) -> tuple[Path, str | None, bytes, DecodedImage | str]:
         """The file's bytes and decoded image, or in its place why it cannot be decoded."""
         path, caption = src
         try:
             data = path.read_bytes()
-            return path, caption, data, decode_image(data, settings.max_pixels)
+            return path, caption, data, decode_image(data, settings.max_pixels,
+                                                     reduce_to=reduce_to)
         except (OSError, BadImage) as exc:
             return path, caption, b"", str(exc)
+
+    def commit(records: list[Record], uploads: list[Upload]) -> list[tuple[Item, bool]]:
+        try:
+            return service.commit_uploads(uploads)
+        except ValueError:
+            # an image stored when the batch was prepared was deleted since: encode it after all
+            log.info("a stored original was deleted during ingest; re-encoding its batch")
+            return service.commit_uploads(service.prepare_uploads(records))
 
     def tally(results: Sequence[tuple[Item, bool]]) -> None:
         nonlocal added, skipped
@@ -87,39 +125,54 @@ def _ingest(args: argparse.Namespace) -> int:
             added, skipped = added + (not dup), skipped + dup
         bar.set_postfix(added=added, skipped=skipped, bad=len(bad))
 
-    # Three stages at once: the pool decodes batch i+1 and one writer thread commits batch i-1
-    # (file and SQLite fsyncs) while this thread encodes batch i. One writer keeps the commits
-    # in input order; waiting on its previous commit before submitting the next one re-raises
-    # its error (StorageFull, say) here and stops the run with nothing after it written. An
-    # image repeated across neighbouring batches is encoded twice but stored once: add_many
-    # checks the digests again inside its transaction.
+    # Three stages at once: the pool decodes batch i+1, `encoders` threads encode the batches
+    # before it and one writer thread commits the oldest encoded batch (file and SQLite
+    # fsyncs). One writer keeps the commits in input order; waiting on its previous commit
+    # before submitting the next one re-raises its error (StorageFull, say) here and stops the
+    # run with nothing after it written. An image repeated across neighbouring batches is
+    # encoded twice but stored once: add_many checks the digests again inside its transaction.
     chunks = [sources[s : s + args.batch] for s in range(0, len(sources), args.batch)]
     bar = tqdm(total=len(sources), desc="ingest", unit="img")
+    encoding: deque[tuple[list[Record], Future[list[Upload]], int]] = deque()
+    committing: Future[list[tuple[Item, bool]]] | None = None
+
+    def commit_oldest() -> None:
+        nonlocal committing
+        records, prepared, n = encoding.popleft()
+        uploads = prepared.result()
+        if committing is not None:
+            tally(committing.result())
+        committing = writer.submit(commit, records, uploads) if uploads else None
+        bar.update(n)
+
     try:
         with ThreadPoolExecutor(max_workers=args.workers) as pool, \
+                ThreadPoolExecutor(max_workers=encoders) as encoder, \
                 ThreadPoolExecutor(max_workers=1) as writer:
             decoding = [pool.submit(load, src) for src in chunks[0]] if chunks else []
-            committing: Future[list[tuple[Item, bool]]] | None = None
             for i in range(len(chunks)):
                 loaded = [f.result() for f in decoding]
                 if i + 1 < len(chunks):
                     decoding = [pool.submit(load, src) for src in chunks[i + 1]]
-                records = []
+                records: list[Record] = []
                 for path, caption, data, img in loaded:
                     if isinstance(img, str):
                         bad.append((str(path), img))
                     else:
                         records.append((data, img, path.name, args.caption or caption, tags))
-                uploads = service.prepare_uploads(records) if records else []
-                if committing is not None:
-                    tally(committing.result())
-                committing = writer.submit(service.commit_uploads, uploads) if uploads else None
-                bar.update(len(loaded))
+                if len(encoding) == encoders:
+                    commit_oldest()
+                encoding.append((records, encoder.submit(service.prepare_uploads, records),
+                                 len(loaded)))
+            while encoding:
+                commit_oldest()
             if committing is not None:
                 tally(committing.result())
     finally:
         bar.close()
         service.store.close()
+        torch.set_num_threads(torch_threads)  # as it was, when called in-process (tests)
+        gc.unfreeze()
     for name, why in bad:
         print(f"skipped {name}: {why}", file=sys.stderr)
     print(json.dumps({"added": added, "already_present": skipped, "bad": len(bad)}))
@@ -264,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--caption", help="caption for every image (TSV titles otherwise)")
     s.add_argument("--tags", action="append", help="tags for every image (comma-separated)")
     s.add_argument("--batch", type=int, default=64)
-    s.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
+    s.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2),
+                   help="decoding threads")
+    s.add_argument("--encoders", type=int, default=2,
+                   help="batches encoded at once (torch threads are shared out among them)")
     s.set_defaults(fn=_ingest)
 
     s = sub.add_parser("backup", help="copy a data dir (catalog + files), safe while serving")

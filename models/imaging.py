@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage, ImageTooLarge, UnsupportedImageType
 
@@ -24,7 +24,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An accepted image: RGB pixels plus what we store about the original file."""
+    """An accepted image: RGB pixels plus what we store about the original file.
+
+    ``width`` and ``height`` are the original's (EXIF orientation applied); ``image`` has that
+    size too unless the decode was asked to reduce it (``decode_image(..., reduce_to=...)``).
+    """
 
     image: Image.Image
     format: str
@@ -52,13 +56,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+# EXIF orientations that turn the stored pixels a quarter turn (width and height swap)
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    reduce_to: tuple[int, int] | None = None,
+) -> DecodedImage:
     """Decode and fully load image bytes into an RGB image.
 
     Animated images give their first frame; EXIF orientation is applied.
+
+    ``reduce_to`` (width, height), for a consumer that shrinks the image anyway (the encoder's
+    resize): a JPEG may then be decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself, the
+    smallest of those still at least ``reduce_to`` in both dimensions (after orientation), which
+    is several times cheaper than a full decode plus resize. Other formats decode in full. The
+    returned ``width``/``height`` stay the original's; every check runs on the original size.
 
     Raises:
         BadImage: empty, truncated or undecodable data.
@@ -67,6 +86,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     """
     if not data:
         raise BadImage("the file is empty", code="empty_file")
+    if reduce_to is not None and min(reduce_to) < 1:
+        raise ValueError(f"reduce_to must be a positive size, got {reduce_to}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -85,8 +106,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                     f"image is {width}x{height} pixels; the limit is {max_pixels} pixels"
                 )
             img.seek(0)
+            quarter_turn = False
+            if reduce_to is not None and fmt == "JPEG":
+                quarter_turn = img.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+                rw, rh = reduce_to
+                img.draft(img.mode, (rh, rw) if quarter_turn else (rw, rh))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img)
     except BadImage:
         raise
@@ -99,4 +125,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except MemoryError as exc:
         raise ImageTooLarge("the image needs too much memory to decode") from exc
     content_type, ext = ALLOWED_FORMATS[fmt]
-    return DecodedImage(rgb, fmt, content_type, ext, rgb.width, rgb.height)
+    if quarter_turn:
+        width, height = height, width
+    elif reduce_to is None or fmt != "JPEG":
+        width, height = rgb.size
+    return DecodedImage(rgb, fmt, content_type, ext, width, height)
