@@ -120,14 +120,30 @@ def quicker_text_dtype(clip: Any, dtype: torch.dtype, reps: int = 10) -> torch.d
 
     A one-query forward multiplies a handful of token rows by each weight matrix. On a wide
     model (ViT-B-32) that is bound by reading the weights, which bf16 halves; on a narrow one
-    (fusion-tiny) bf16's per-call overhead costs more than the arithmetic it saves. Timed once at
-    load on the fp32 weights and a bf16 copy of the blocks; float32 must win by 20 % to be kept.
+    (fusion-tiny) bf16's per-call overhead costs more than the arithmetic it saves. Timed on the
+    fp32 weights and a bf16 copy of the blocks, once per process and block shape; float32 must
+    win by 20 % to be kept.
     """
     transformer = getattr(clip, "transformer", None)
     if (getattr(clip, "attn_mask", None) is None or transformer is None
             or not lean_blocks_apply(transformer)):
         return dtype
     width = int(clip.token_embedding.weight.shape[1])
+    blocks = transformer.resblocks
+    shape = (width, len(blocks), blocks[0].attn.num_heads,
+             int(blocks[0].mlp[0].weight.shape[0]), dtype)
+    with _QUICKER_LOCK:
+        if shape not in _QUICKER:  # the answer depends on the shapes, not on the weights
+            _QUICKER[shape] = _time_text_dtypes(transformer, width, dtype, reps)
+        return _QUICKER[shape]
+
+
+_QUICKER: dict[tuple[Any, ...], torch.dtype] = {}
+_QUICKER_LOCK = threading.Lock()
+
+
+def _time_text_dtypes(transformer: Any, width: int, dtype: torch.dtype, reps: int
+                      ) -> torch.dtype:
     copy = _copy_blocks(transformer.resblocks, dtype)
     x = torch.randn(1, 8, width)
     runs = ((torch.float32, transformer.resblocks, x), (dtype, copy, x.to(dtype)))
