@@ -140,6 +140,10 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+_TAG_CACHE_SETS = 64  # tag sets whose ids are kept between writes
+_TAG_CACHE_IDS = 1_000_000  # larger id sets are read each time
+
+
 class Catalog:
     """SQLite-backed item catalog. Safe to use from many threads at once."""
 
@@ -153,6 +157,9 @@ class Catalog:
         self._pool_lock = threading.Lock()
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._closed = False
+        # ids per tag set, valid while no write has happened since (``_generation``)
+        self._generation = 0
+        self._tag_ids: dict[tuple[str, ...], tuple[int, frozenset[int]]] = {}
         try:
             self._writer = self._connect()
             mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -227,6 +234,9 @@ class Catalog:
                 if _is_full(exc):
                     raise StorageFull("no space left to write the catalog") from exc
                 raise
+            finally:  # after the commit: a reader that began before it cannot cache its result
+                self._generation += 1
+                self._tag_ids.clear()
 
     # -- model -------------------------------------------------------------------------------
 
@@ -416,18 +426,34 @@ class Catalog:
         with self._read() as conn:
             return {r[0] for r in conn.execute("SELECT DISTINCT file FROM items")}
 
-    def ids_with_tags(self, tags: Sequence[str]) -> set[int]:
-        """Ids of the rows carrying every one of ``tags`` (all rows' ids for no tags)."""
-        wanted = sorted(set(tags))
+    def ids_with_tags(self, tags: Sequence[str]) -> frozenset[int]:
+        """Ids of the rows carrying every one of ``tags`` (all rows' ids for no tags).
+
+        Kept until the next write: a tag filtered on again (the page's tag box, a client's
+        fixed filter) costs a dict lookup instead of reading thousands of ids from SQLite.
+        """
+        wanted = tuple(sorted(set(tags)))
+        generation = self._generation
+        cached = self._tag_ids.get(wanted)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         with self._read() as conn:
             if not wanted:
-                return {r[0] for r in conn.execute("SELECT id FROM items")}
-            rows = conn.execute(
-                f"SELECT item_id FROM item_tags WHERE tag IN ({_marks(len(wanted))})"
-                " GROUP BY item_id HAVING COUNT(*) = ?",
-                (*wanted, len(wanted)),
-            )
-            return {r[0] for r in rows}
+                rows = conn.execute("SELECT id FROM items")
+            elif len(wanted) == 1:
+                rows = conn.execute("SELECT item_id FROM item_tags WHERE tag = ?", wanted)
+            else:
+                rows = conn.execute(
+                    f"SELECT item_id FROM item_tags WHERE tag IN ({_marks(len(wanted))})"
+                    " GROUP BY item_id HAVING COUNT(*) = ?",
+                    (*wanted, len(wanted)),
+                )
+            ids = frozenset(r[0] for r in rows)
+        if wanted and len(ids) <= _TAG_CACHE_IDS and self._generation == generation:
+            if len(self._tag_ids) >= _TAG_CACHE_SETS:
+                self._tag_ids.clear()
+            self._tag_ids[wanted] = (generation, ids)
+        return ids
 
     def embeddings(
         self, after_id: int = 0, batch: int = 10_000

@@ -103,6 +103,38 @@ def test_ids_with_tags_needs_every_tag(catalog: Catalog) -> None:
     assert catalog.ids_with_tags(["dog"]) == set()
 
 
+def test_tag_ids_stay_true_across_writes(catalog: Catalog) -> None:
+    """The ids of a tag filter are kept between writes; every add or delete makes the next
+    answer come from the catalog again, including ones read while a write commits."""
+    first = catalog.add(row(1, tags=("cat",))).id
+    assert catalog.ids_with_tags(["cat"]) == {first}
+    assert catalog.ids_with_tags(["cat"]) == {first}  # now from the kept answer
+    second = catalog.add(row(2, tags=("cat", "dog"))).id
+    assert catalog.ids_with_tags(["cat"]) == {first, second}
+    assert catalog.ids_with_tags(["dog", "cat"]) == {second}
+    catalog.delete(first)
+    assert catalog.ids_with_tags(["cat"]) == {second}
+    with pytest.raises(sqlite3.IntegrityError):  # a failed write (same sha256) changes nothing
+        catalog.add(row(2, tags=("cat",)))
+    assert catalog.ids_with_tags(["cat"]) == {second}
+
+    # a reader filling the kept answers while writes commit must not leave a stale one behind
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            catalog.ids_with_tags(["cat"])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        added = [catalog.add(row(100 + i, tags=("cat",))).id for i in range(40)]
+    finally:
+        stop.set()
+        t.join()
+    assert catalog.ids_with_tags(["cat"]) == {second, *added}
+
+
 def test_delete_cascades_tags(catalog: Catalog) -> None:
     item = catalog.add(row(1, tags=("x",)))
     assert catalog.delete(item.id) == item
