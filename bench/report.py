@@ -641,8 +641,8 @@ def memory(d: dict[str, Any]) -> str:
         "bulk-loaded with patch tokens; RSS read from /proc (VmRSS, VmHWM) when ready and after "
         "re-ranked text searches (every fourth with a tag filter). Re-ranking reads each "
         "query's candidates' tokens from the SQLite catalog.", "",
-        table([[r["items"], f"`{r['index']}`", _mib(r["rss_idle"]), _mib(r["rss_after_search"]),
-                _mib(r["rss_peak"]), f"{r['token_bytes'] / 2**30:.2f}",
+        table([[f"{r['items']:,}", f"`{r['index']}`", _mib(r["rss_idle"]),
+                _mib(r["rss_after_search"]), _mib(r["rss_peak"]), f"{r['token_bytes'] / 2**30:.2f}",
                 f"{r['data_dir_bytes'] / 2**30:.2f}", r["start_s"]] for r in d["rows"]],
               ["items", "index", "RSS idle", "RSS after searches", "RSS peak",
                "patch tokens on disk GiB", "data dir GiB", "server start s"]),
