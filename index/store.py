@@ -535,11 +535,7 @@ class Store:
 
     def embedding(self, item_id: int) -> npt.NDArray[np.float32]:
         """The stored (D,) embedding of an item. Raises ItemNotFound, IndexNotReady when closed."""
-        self._check_open()
-        ids, vecs = self._catalog.embeddings_for([item_id])
-        if ids.size == 0:
-            raise ItemNotFound(item_id)
-        return vecs[0].copy()
+        return self.embeddings([item_id])[0]
 
     def embeddings(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Stored (n, D) embeddings in the order of ``ids``, read in one query.

@@ -86,6 +86,15 @@ def visual_forward(visual: Any, pixels: torch.Tensor,
     return out["image_features"], out["image_intermediates"][0]
 
 
+def plain_text_tower(clip: Any) -> bool:
+    """A CLIP text tower with a causal mask read at the argmax (EOT) token."""
+    return (
+        hasattr(clip, "token_embedding")
+        and getattr(clip, "attn_mask", None) is not None
+        and getattr(clip, "text_pool_type", "argmax") == "argmax"
+    )
+
+
 def lean_blocks_apply(transformer: Any) -> bool:
     """Whether ``causal_blocks`` computes exactly what ``transformer(x, attn_mask=causal)`` does:
     open_clip's plain pre-norm blocks, batch first, no cross-attention or checkpointing."""
@@ -96,8 +105,7 @@ def lean_blocks_apply(transformer: Any) -> bool:
         attn = getattr(blk, "attn", None)
         if (not isinstance(attn, torch.nn.MultiheadAttention) or not attn.batch_first
                 or attn.in_proj_weight is None or hasattr(blk, "ln_1_kv")
-                or not isinstance(getattr(blk, "mlp", None), torch.nn.Sequential)
-                or type(blk.ln_1).forward is not type(blk.ln_2).forward):
+                or not isinstance(getattr(blk, "mlp", None), torch.nn.Sequential)):
             return False
     return not getattr(transformer, "grad_checkpointing", False)
 
@@ -124,11 +132,10 @@ def quicker_text_dtype(clip: Any, dtype: torch.dtype, reps: int = 10) -> torch.d
     fp32 weights and a bf16 copy of the blocks, once per process and block shape; float32 must
     win by 20 % to be kept.
     """
-    transformer = getattr(clip, "transformer", None)
-    if (getattr(clip, "attn_mask", None) is None or transformer is None
-            or not lean_blocks_apply(transformer)):
+    if not (plain_text_tower(clip) and lean_blocks_apply(clip.transformer)):
         return dtype
     width = int(clip.token_embedding.weight.shape[1])
+    transformer = clip.transformer
     blocks = transformer.resblocks
     shape = (width, len(blocks), blocks[0].attn.num_heads,
              int(blocks[0].mlp[0].weight.shape[0]), dtype)
@@ -256,11 +263,12 @@ class RetrievalModel:
         if self.text_dtype == dtype:
             self.clip.to(dtype)
         else:  # the text tower keeps its own precision; everything else takes ``dtype``
-            text = {id(p) for p in _text_tower(clip).parameters()}
+            tower = _text_tower(clip)
+            text = {id(p) for p in tower.parameters()}
             for p in clip.parameters():
                 if id(p) not in text:
                     p.data = p.data.to(dtype)
-            _text_tower(clip).to(self.text_dtype)
+            tower.to(self.text_dtype)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, *self.image_size, device=self.device)
             pooled, tokens = visual_forward(visual, probe.to(self._enc_dtype), self.token_layer)
@@ -278,13 +286,7 @@ class RetrievalModel:
 
     @property
     def _plain_text(self) -> bool:
-        """A CLIP text tower with a causal mask read at the argmax (EOT) token."""
-        c = self.clip
-        return (
-            hasattr(c, "token_embedding")
-            and getattr(c, "attn_mask", None) is not None
-            and getattr(c, "text_pool_type", "argmax") == "argmax"
-        )
+        return plain_text_tower(self.clip)
 
     @property
     def has_fusion(self) -> bool:

@@ -135,8 +135,9 @@ def factored_cross_attention(
     to every key's score, which softmax ignores, and attention rows sum to one. So the text's
     few query rows are carried into the image's width instead of the image's many patch rows
     into the head's. Re-ranking scores N images against one short text, and the key/value
-    projections of N x 65 patch tokens were most of its arithmetic. Same result as the module to
-    rounding (tests/models/test_model.py); inference only, training keeps the module.
+    projections of N x 64 patch tokens were most of its arithmetic. Same result as the module to
+    rounding (tests/models/test_factored_attention.py); inference only, training keeps the
+    module.
     """
     n, length, width = q.shape
     heads = attn.num_heads
