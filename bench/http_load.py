@@ -122,6 +122,15 @@ def bulk_load(data_dir: Path, n: int, dim: int, tokens: tuple[int, int] | None, 
     return {"load_s": time.perf_counter() - t0, "factory": factory}
 
 
+def load_with_tokens(data_dir: Path, n: int, model: Any, captions: Sequence[str]
+                     ) -> tuple[dict[str, Any], int, int]:
+    """``bulk_load`` with random patch tokens of ``model``'s shape: its result, the bytes the
+    data dir then holds and the bytes of patch tokens among them."""
+    tokens = (model.num_image_tokens, model.image_token_width)
+    loaded = bulk_load(data_dir, n, model.embed_dim, tokens, model.name, captions)
+    return loaded, dir_bytes(data_dir), n * tokens[0] * tokens[1] * 2
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -500,11 +509,7 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
             rows.append({**row, "model": model_name, "items": count})
 
     try:
-        loaded = bulk_load(data_dir, n, model.embed_dim,
-                           (model.num_image_tokens, model.image_token_width), model.name,
-                           captions)
-        catalog_bytes = dir_bytes(data_dir)
-        token_bytes = n * model.num_image_tokens * model.image_token_width * 2
+        loaded, catalog_bytes, token_bytes = load_with_tokens(data_dir, n, model, captions)
         print(f"loaded {n:,} items in {loaded['load_s']:.0f} s ({loaded['factory']}); data dir "
               f"{catalog_bytes / 2**20:.0f} MiB, of which patch tokens {token_bytes / 2**20:.0f} "
               "MiB", flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import Options, plt_module, print_table, save_figure, write_json
-from .http_load import MODEL, TAGS, bulk_load, dir_bytes, rss_bytes, server
+from .http_load import MODEL, TAGS, load_with_tokens, rss_bytes, server
 
 FULL_ITEMS = (1_000_000,)
 QUICK_ITEMS = (500,)
@@ -36,11 +36,7 @@ def measure(n: int, captions: list[str], queries: list[str], work: Path,
     data_dir = work / f"data-{n}"
     log = work / "server.log"
     try:
-        loaded = bulk_load(data_dir, n, model.embed_dim,
-                           (model.num_image_tokens, model.image_token_width), model.name,
-                           captions)
-        on_disk = dir_bytes(data_dir)
-        token_bytes = n * model.num_image_tokens * model.image_token_width * 2
+        loaded, on_disk, token_bytes = load_with_tokens(data_dir, n, model, captions)
         t0 = time.perf_counter()
         with server(data_dir, {"FUSION_RERANK_DEPTH": "50"}, log) as (base, pid):
             start_s = time.perf_counter() - t0
