@@ -28,15 +28,15 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
-test: $(STAMP) browser
+test: $(STAMP) browser wrk
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check app models index tests bench
 	$(BIN)/mypy
 
-# Debian's wrk drives the HTTP benchmark's searches; where apt (or sudo) is missing the install
-# is skipped and bench http falls back to its httpx client.
+# Debian's wrk drives the HTTP benchmark's searches (and its tests in `make test`); where apt
+# (or sudo) is missing the install is skipped and bench http falls back to its httpx client.
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
