@@ -404,21 +404,40 @@ def _pair_batch(img: tuple[torch.Tensor, torch.Tensor], txt: tuple[torch.Tensor,
     return Batch(tok, emb, t_tok, pad, eot, t_emb)
 
 
-def match_examples(pool: ScenePool, idx: np.ndarray,
-                   rng: np.random.Generator) -> tuple[list[int], list[str], list[float]]:
-    """(scene index, text, label) with true captions, swapped twins and random captions."""
+def match_examples(pool: ScenePool, idx: np.ndarray, rng: np.random.Generator
+                   ) -> tuple[list[int], list[str], list[float], list[list[int]]]:
+    """(scene index, text, label) with true captions, swapped twins and random captions, and
+    the twin groups: the row of a true caption followed by the rows of its swapped twins."""
     rows: list[tuple[int, str, float]] = []
+    groups: list[list[int]] = []
     for i in idx:
         s = pool.scenes[i]
         claim = syn.full_claim(s) if rng.random() < 0.5 else syn.describe(s, rng)
+        group = [len(rows)]
         rows.append((i, syn.caption_text(claim, rng), 1.0))
         for neg in (syn.swap_attributes(claim, s), syn.swap_relation(claim, s)):
             if neg is not None:
+                group.append(len(rows))
                 rows.append((i, syn.caption_text(neg, rng), 0.0))
+        if len(group) > 1:
+            groups.append(group)
         other = pool.scenes[int(rng.integers(len(pool)))]
         text, oc = syn.caption(other, rng)
         rows.append((i, text, float(syn.claim_true(oc, s))))
-    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], groups
+
+
+def twin_loss(scores: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Cross-entropy of choosing each true caption (first of its group) over its swapped twins.
+
+    Binary labels score every pair on its own; this compares a caption with its twins on the
+    same image, the choice that the compositional benchmark makes.
+    """
+    width = max(len(g) for g in groups)
+    index = torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups])
+    valid = torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups])
+    logits = scores[index].masked_fill(~valid, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(len(groups), dtype=torch.long))
 
 
 @torch.no_grad()
@@ -478,31 +497,37 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
     ref_emb, ref_tok = frozen_all(clip, trip.ref, cfg.token_layer, desc="encode references")
     tgt_emb, _ = frozen_all(clip, trip.target, tokens=False, desc="encode targets")
     assert pool_tok is not None and ref_tok is not None
+    key_id: dict[Any, int] = {}
+    target_ids = np.array([key_id.setdefault(k, len(key_id)) for k in trip.target_keys])
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.fusion_steps, cfg.fusion_lr, cfg.warmup)
         # match: true captions vs attribute/relation swaps vs random captions
         idx = rng.choice(len(pool), half // 2, replace=False)
-        rows, texts, labels = match_examples(pool, idx, rng)
+        rows, texts, labels, groups = match_examples(pool, idx, rng)
         if cfg.mined:
             more = mined_examples(clip, tokenizer, pool, pool_emb, cfg.mined, 8, rng)
             rows, texts, labels = rows + more[0], texts + more[1], labels + more[2]
         sel = torch.as_tensor(rows)
         b = _pair_batch((pool_emb[sel], pool_tok[sel]), frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
-        per_head = {k: F.binary_cross_entropy_with_logits(heads.score(k, b), y)
-                    for k in heads.heads}
+        per_head = {}
+        for k in heads.heads:
+            scores = heads.score(k, b)
+            per_head[k] = F.binary_cross_entropy_with_logits(scores, y)
+            if k != "late" and groups:  # late fusion ranks twins by the frozen cosine alone
+                per_head[k] = per_head[k] + twin_loss(scores, groups)
         match_loss = sum(per_head.values())
         # compose: query from (reference, text) against frozen target embeddings in the batch
         tidx = rng.choice(len(trip.texts), half, replace=False)
-        r_emb, r_tok, t_emb = ref_emb[tidx], ref_tok[tidx], tgt_emb[tidx]
+        r_emb, r_tok = ref_emb[tidx], ref_tok[tidx]
         cb = _pair_batch((r_emb, r_tok), frozen_texts(clip, tokenizer,
                                                       [trip.texts[i] for i in tidx]))
-        keys = [trip.target_keys[i] for i in tidx]
-        pos = torch.tensor([[a == k for k in keys] for a in keys], dtype=torch.float32)
+        # every target of the pool is a candidate, as in a real gallery, and the batch's
         # references are hard negatives: the query must move away from the image it started at
-        gallery = torch.cat([t_emb, r_emb])
-        gpos = torch.cat([pos, torch.zeros_like(pos)], dim=1)
+        pos = torch.from_numpy(target_ids[tidx][:, None] == target_ids[None, :]).float()
+        gallery = torch.cat([tgt_emb, r_emb])
+        gpos = torch.cat([pos, torch.zeros(len(tidx), len(tidx))], dim=1)
         compose_loss = sum(
             multi_positive_loss(20.0 * heads.compose(k, cb) @ gallery.T, gpos)
             for k in heads.heads
