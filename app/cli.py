@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="models/weights")
     s.add_argument("--work-dir", default="runs/train")
     s.add_argument("--encoder-steps", type=int, default=2800)
-    s.add_argument("--fusion-steps", type=int, default=800)
+    s.add_argument("--fusion-steps", type=int, default=1200)
     s.add_argument("--batch", type=int, default=192)
     s.add_argument("--pool", type=int, default=24000)
     s.add_argument("--triplets", type=int, default=12000)

@@ -44,7 +44,7 @@ class TrainConfig:
     triplets: int = 12000  # pre-rendered composed triplets
     batch: int = 192
     encoder_steps: int = 2800
-    fusion_steps: int = 800
+    fusion_steps: int = 1200
     lr: float = 1e-3
     fusion_lr: float = 1e-3
     warmup: int = 100
