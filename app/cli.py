@@ -287,7 +287,7 @@ def _eval(args: argparse.Namespace) -> int:
     from models import load_model
     from models.evaluate import evaluate
 
-    model = load_model(args.model, args.pretrained, precision=args.precision)
+    model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision)
     report = evaluate(model, n=args.n, depth=args.depth)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="retrieval metrics on the synthetic test split")
     s.add_argument("--model", default="fusion-tiny")
     s.add_argument("--pretrained", default=None)
+    s.add_argument("--fusion", default=None,
+                   help="fusion-head safetensors (default: the bundled heads, bundled backbone)")
     s.add_argument("--precision", default="auto")
     s.add_argument("--n", type=int, default=1000, help="gallery size")
     s.add_argument("--depth", type=int, default=20, help="re-rank depth")
