@@ -1,15 +1,15 @@
-"""The bundled weights on a 300-image subset of the test split: regression guards.
+"""The bundled weights meet the issue's targets on a 300-image subset of the test split.
 
-With n = 300 a recall near 0.8 has a standard error of sqrt(0.8 * 0.2 / 300) = 0.023; thresholds
-sit about two standard errors (MARGIN) under the issue's targets where the bundled model meets
-them, and under the model's own measured level where it does not yet (image->text, the re-rank,
-swapped-twin and composed targets; docs/model-card.md states each gap). Measured on this subset:
-t2i 0.797, i2t 0.740, re-rank 0.817, swapped twins attention 0.927 / late 0.943 / early 0.543,
-composed attention 0.807 / early 0.607 / late 0.520, held-out 0.740. Full-size numbers:
+Each threshold is the target less two standard errors of a recall measured on N queries,
+2 * sqrt(p * (1 - p) / N) at the target p: 0.046 at 0.80, 0.025 at 0.95, 0.058 at 0.60 (on 281
+held-out queries). A model at the target fails by chance about once in 40 runs; the bundled
+model sits well above every one (docs/model-card.md). Full-size numbers on 1,000 images:
 `fusion-search eval --json`.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -17,7 +17,11 @@ from models import load_model
 from models.evaluate import evaluate
 
 N = 300
-MARGIN = 0.05
+
+
+def margin(target: float, n: int = N) -> float:
+    """Two standard errors of a proportion near ``target`` measured on ``n`` samples."""
+    return 2 * math.sqrt(target * (1 - target) / n)
 
 
 @pytest.fixture(scope="module")
@@ -26,34 +30,36 @@ def report() -> dict:
 
 
 def test_dual_encoder_text_to_image(report: dict) -> None:
-    assert report["t2i_r1"] >= 0.80 - MARGIN
+    assert report["t2i_r1"] >= 0.80 - margin(0.80)
     assert report["t2i_r5"] >= report["t2i_r1"]
-    assert report["i2t_r1"] >= 0.70
+    assert report["i2t_r1"] >= 0.80 - margin(0.80)
 
 
-def test_attention_rerank_does_not_hurt(report: dict) -> None:
-    # blended with the cosine (models.encoder.rerank_scores); target 0.95 is not met yet
-    assert report["t2i_r1_rerank"] >= report["t2i_r1"] - MARGIN / 2
+def test_attention_rerank(report: dict) -> None:
+    # depth 20, blended with the cosine (models.encoder.rerank_scores)
+    assert report["t2i_r1_rerank"] >= 0.95 - margin(0.95)
+    assert report["t2i_r1_rerank"] >= report["t2i_r1"] - 0.01
 
 
-def test_attention_fusion_beats_pooled_fusion_on_swapped_twins(report: dict) -> None:
-    comp = report["compositional"]
-    # three-way choice (chance 1/3); relations are learnt since the layout targets of stage 1
-    assert comp["attention"] >= 0.88
-    assert comp["dual_encoder"] >= 0.88
-    assert comp["attention"] > comp["early"] + MARGIN
+def test_attention_fusion_on_swapped_twins(report: dict) -> None:
+    comp = report["compositional"]  # three-way choice, chance 1/3
+    assert comp["attention"] >= 0.95 - margin(0.95)
+    assert comp["attention"] > comp["early"] + margin(0.95)
+    # attention is above the cosine on 1,000 twins (model card); on 300 the two are within
+    # noise of each other, so this guards against attention falling clearly behind it
+    assert comp["attention"] >= comp["late"] - margin(0.95)
 
 
 def test_composed_retrieval(report: dict) -> None:
     composed = report["composed_r1"]
-    assert composed["attention"] >= 0.80 - 2 * MARGIN
-    assert composed["attention"] > composed["early"] + MARGIN
-    assert composed["attention"] > composed["late"] + MARGIN
+    assert composed["attention"] >= 0.80 - margin(0.80)
+    assert composed["attention"] > composed["early"] + margin(0.80)
+    assert composed["attention"] > composed["late"] + margin(0.80)
 
 
 def test_heldout_colour_shape_pairs(report: dict) -> None:
-    assert report["heldout_t2i_r1"] >= 0.60 - MARGIN
-    assert report["heldout_queries"] >= 100
+    assert report["heldout_queries"] >= 200
+    assert report["heldout_t2i_r1"] >= 0.60 - margin(0.60, report["heldout_queries"])
 
 
 def test_report_has_every_field(report: dict) -> None:
