@@ -656,7 +656,7 @@ def plot_losses(enc: list[float], fus: dict[str, list[float]], path: Path) -> No
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(smooth(enc))
-    axes[0].set_title("stage 1: dual encoder, multi-positive contrastive loss")
+    axes[0].set_title("stage 1: dual encoder, contrastive + auxiliary losses")
     axes[0].set_xlabel("step")
     for k, v in fus.items():
         axes[1].plot(smooth(v), label=k)
