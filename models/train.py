@@ -518,7 +518,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
             if k != "late" and groups:  # late fusion ranks twins by the frozen cosine alone
                 per_head[k] = per_head[k] + twin_loss(scores, groups)
         match_loss = sum(per_head.values())
-        # compose: query from (reference, text) against frozen target embeddings in the batch
+        # compose: the query from (reference, text) against frozen target embeddings
         tidx = rng.choice(len(trip.texts), half, replace=False)
         r_emb, r_tok = ref_emb[tidx], ref_tok[tidx]
         cb = _pair_batch((r_emb, r_tok), frozen_texts(clip, tokenizer,
