@@ -43,8 +43,8 @@ class TrainConfig:
     pool: int = 24000  # pre-rendered training scenes
     triplets: int = 12000  # pre-rendered composed triplets
     batch: int = 192
-    encoder_steps: int = 2800
-    fusion_steps: int = 1200
+    encoder_steps: int = 2000
+    fusion_steps: int = 1000
     lr: float = 1e-3
     fusion_lr: float = 1e-3
     warmup: int = 100

@@ -45,9 +45,7 @@ def test_attention_fusion_on_swapped_twins(report: dict) -> None:
     comp = report["compositional"]  # three-way choice, chance 1/3
     assert comp["attention"] >= 0.95 - margin(0.95)
     assert comp["attention"] > comp["early"] + margin(0.95)
-    # attention is above the cosine on 1,000 twins (model card); on 300 the two are within
-    # noise of each other, so this guards against attention falling clearly behind it
-    assert comp["attention"] >= comp["late"] - margin(0.95)
+    assert comp["attention"] > comp["late"] + margin(0.95)
 
 
 def test_composed_retrieval(report: dict) -> None:
