@@ -360,7 +360,8 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", aux=f"{float(aux_loss.detach()):.3f}",
                         layout=f"{float(layout_loss.detach()):.3f}",
-                        objects=f"{float(obj_loss.detach()):.3f}", scale=f"{float(scale):.1f}")
+                        objects=f"{float(obj_loss.detach()):.3f}",
+                        scale=f"{float(scale.detach()):.1f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.encoder_steps:
             torch.save({"model": clip.state_dict(), "aux": aux.state_dict(),
                         "text_aux": text_aux.state_dict(), "obj_aux": obj_aux.state_dict(),
