@@ -518,7 +518,7 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
             per_head[k] = F.binary_cross_entropy_with_logits(scores, y)
             if k != "late" and groups:  # late fusion ranks twins by the frozen cosine alone
                 per_head[k] = per_head[k] + twin_loss(scores, groups)
-        match_loss = sum(per_head.values())
+        match_loss = torch.stack(list(per_head.values())).sum()
         # compose: the query from (reference, text) against frozen target embeddings
         tidx = rng.choice(len(trip.texts), half, replace=False)
         r_emb, r_tok = ref_emb[tidx], ref_tok[tidx]
@@ -529,20 +529,20 @@ def train_fusion(clip: Any, tokenizer: Any, pool: ScenePool, trip: TripletPool,
         pos = torch.from_numpy(target_ids[tidx][:, None] == target_ids[None, :]).float()
         gallery = torch.cat([tgt_emb, r_emb])
         gpos = torch.cat([pos, torch.zeros(len(tidx), len(tidx))], dim=1)
-        compose_loss = sum(
+        compose_loss = torch.stack([
             multi_positive_loss(20.0 * heads.compose(k, cb) @ gallery.T, gpos)
             for k in heads.heads
-        )
+        ]).sum()
         loss = match_loss + compose_loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         for head in heads.heads.values():  # per head: one head's large gradient can't mute another
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
-        losses["match"].append(float(match_loss))
-        losses["compose"].append(float(compose_loss))
+        losses["match"].append(float(match_loss.detach()))
+        losses["compose"].append(float(compose_loss.detach()))
         for k, v in per_head.items():
-            losses.setdefault(f"match_{k}", []).append(float(v))
+            losses.setdefault(f"match_{k}", []).append(float(v.detach()))
         bar.set_postfix(match=f"{np.mean(losses['match'][-20:]):.3f}",
                         attention=f"{np.mean(losses['match_attention'][-20:]):.3f}",
                         compose=f"{np.mean(losses['compose'][-20:]):.3f}")
@@ -630,11 +630,12 @@ def train_fusion_pairs(clip: Any, tokenizer: Any, tsv: Path, cfg: TrainConfig,
         b = _pair_batch((emb[sel].float(), tok[sel].float()),
                         frozen_texts(clip, tokenizer, texts))
         y = torch.tensor(labels)
-        loss = sum(F.binary_cross_entropy_with_logits(heads.score(k, b), y) for k in heads.heads)
+        loss = torch.stack([F.binary_cross_entropy_with_logits(heads.score(k, b), y)
+                            for k in heads.heads]).sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         opt.step()
-        losses["match"].append(float(loss))
+        losses["match"].append(float(loss.detach()))
         bar.set_postfix(match=f"{np.mean(losses['match'][-20:]):.3f}")
     return heads.eval(), losses
 
