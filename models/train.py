@@ -242,6 +242,7 @@ def claim_layout(claims: Sequence[syn.Claim]) -> tuple[torch.Tensor, torch.Tenso
 
 
 OBJECT_FIELDS = (("shape", syn.SHAPES), ("color", syn.COLORS), ("size", syn.SIZES))
+OBJECT_CLASSES = [len(vocab) for _name, vocab in OBJECT_FIELDS]  # logits per field, in order
 
 
 def object_targets(scenes: Sequence[syn.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,14 +273,11 @@ def object_loss(head: torch.nn.Module, tokens: torch.Tensor, scenes: Sequence[sy
     fmap = tokens[:, t - side * side:].transpose(1, 2).reshape(n, w, side, side)
     grid, labels = object_targets(scenes)
     feats = F.grid_sample(fmap, grid, align_corners=False).squeeze(-1).transpose(1, 2)  # B,2,W
-    logits = head(feats)
-    loss = tokens.new_zeros(())
-    start = 0
-    for k, (_name, vocab) in enumerate(OBJECT_FIELDS):
-        part = logits[..., start : start + len(vocab)].reshape(-1, len(vocab))
-        loss = loss + F.cross_entropy(part, labels[..., k].reshape(-1), ignore_index=-1)
-        start += len(vocab)
-    return loss
+    parts = head(feats).split(OBJECT_CLASSES, dim=-1)
+    return torch.stack([
+        F.cross_entropy(part.flatten(0, 1), labels[..., k].flatten(), ignore_index=-1)
+        for k, part in enumerate(parts)
+    ]).sum()
 
 
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
@@ -293,8 +291,7 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
     n_cls = len(OBJECT_TYPES) + len(syn.BACKGROUNDS)
     aux = torch.nn.Linear(embed_dim, n_cls + 2 * len(LAYOUT_SLOTS))
     text_aux = torch.nn.Linear(embed_dim, 2 * len(LAYOUT_SLOTS))
-    obj_aux = torch.nn.Linear(clip.visual.transformer.width,
-                              sum(len(v) for _n, v in OBJECT_FIELDS))
+    obj_aux = torch.nn.Linear(clip.visual.transformer.width, sum(OBJECT_CLASSES))
     params = (list(clip.named_parameters())
               + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
               + [(f"text_aux.{n}", p) for n, p in text_aux.named_parameters()]

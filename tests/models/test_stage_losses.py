@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models import synthetic as syn
-from models.train import OBJECT_FIELDS, object_loss, object_targets, twin_loss
+from models.train import OBJECT_CLASSES, OBJECT_FIELDS, object_loss, object_targets, twin_loss
 
-N_CLASSES = sum(len(v) for _n, v in OBJECT_FIELDS)
+N_CLASSES = sum(OBJECT_CLASSES)
 
 
 def _one_hot_logits(obj: syn.Obj) -> torch.Tensor:
