@@ -274,10 +274,12 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, run
 
+    # the step counts and sizes left out keep TrainConfig's defaults: the recipe is stated once
+    sizes = {k: getattr(args, k) for k in ("encoder_steps", "fusion_steps", "batch", "pool",
+                                           "triplets", "threads")}
     cfg = TrainConfig(model=args.backbone, pretrained=args.pretrained, data=args.data,
-                      out=args.out, work_dir=args.work_dir, encoder_steps=args.encoder_steps,
-                      fusion_steps=args.fusion_steps, batch=args.batch, pool=args.pool,
-                      triplets=args.triplets, threads=args.threads)
+                      out=args.out, work_dir=args.work_dir,
+                      **{k: v for k, v in sizes.items() if v is not None})
     result = run(cfg, plot=Path(args.plot) if args.plot else None)
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("loss")}))
     return 0
@@ -347,12 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="TSV of your own captioned images")
     s.add_argument("--out", default="models/weights")
     s.add_argument("--work-dir", default="runs/train")
-    s.add_argument("--encoder-steps", type=int, default=2000)
-    s.add_argument("--fusion-steps", type=int, default=1000)
-    s.add_argument("--batch", type=int, default=192)
-    s.add_argument("--pool", type=int, default=24000)
-    s.add_argument("--triplets", type=int, default=12000)
-    s.add_argument("--threads", type=int, default=0)
+    # defaults (None here): models.train.TrainConfig, the bundled recipe
+    s.add_argument("--encoder-steps", type=int, help="stage-1 steps")
+    s.add_argument("--fusion-steps", type=int, help="stage-2 steps")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--pool", type=int, help="rendered training scenes")
+    s.add_argument("--triplets", type=int, help="rendered composed triplets")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.set_defaults(fn=_train)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,19 @@ def test_training_resumes_from_checkpoint(tmp_path: Path) -> None:
     # the second run continues the first: the five recorded losses are kept, three are new
     assert second["encoder_loss"][:5] == first["encoder_loss"]
     assert len(second["encoder_loss"]) == 8
+
+
+def test_train_command_keeps_the_recipe_defaults_it_is_not_given(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from app.cli import main
+
+    out = tmp_path / "weights"
+    assert main(["train", "--encoder-steps", "2", "--fusion-steps", "1", "--pool", "64",
+                 "--triplets", "32", "--batch", "16", "--work-dir", str(tmp_path / "work"),
+                 "--out", str(out), "--plot", ""]) == 0
+    recipe = json.loads((out / "fusion-tiny.fusion.json").read_text())["recipe"]
+    assert (recipe["encoder_steps"], recipe["fusion_steps"], recipe["pool"]) == (2, 1, 64)
+    defaults = asdict(TrainConfig())
+    for key in ("threads", "lr", "warmup", "object_weight"):  # not on the command line
+        assert recipe[key] == defaults[key]
