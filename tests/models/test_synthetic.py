@@ -1,4 +1,4 @@
-"""Tests for the procedural shapes world (models/synthetic.py)."""
+"""Tests for the procedural shapes world (models/synthetic/)."""
 
 from __future__ import annotations
 
