@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 DATA   ?= ./data
-export HF_HUB_OFFLINE := 1
+test bench: export HF_HUB_OFFLINE := 1
 
 .PHONY: run test lint bench wrk browser clean
 

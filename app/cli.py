@@ -20,11 +20,22 @@ DRAFT_MARGIN = 2
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
+
+    from .settings import Settings
+    from .startup import StartupError, preflight
 
     if args.data:
         os.environ["FUSION_DATA_DIR"] = str(args.data)
     if args.demo:
         os.environ["FUSION_DEMO"] = "true"
+    # Refused starts end here with one message and status 2, before a port is bound or the
+    # model loads (a failure in the app's lifespan would print uvicorn's stack trace).
+    try:
+        preflight(args.host, Settings())
+    except (StartupError, ValidationError) as exc:
+        print(f"fusion-search serve: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
                 log_level=args.log_level, workers=1)
     return 0
@@ -306,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the HTTP service")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only); another one needs "
+                        "FUSION_API_KEY or FUSION_ALLOW_OPEN_WRITES=true")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--data", help="data dir (default FUSION_DATA_DIR or ./data)")
     s.add_argument("--demo", action="store_true", help="seed generated scenes when empty")

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from index import Store
 from models import load_model
 
-from . import errors
+from . import docs, errors
 from .demo import seed_demo
 from .deps import READ_SCHEME, WRITE_SCHEME
 from .limits import BodyLimit
@@ -86,6 +86,55 @@ def _document_auth(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _binary_files(node: Any) -> None:
+    """File fields as ``format: binary`` everywhere in the schema, in place.
+
+    Pydantic 2 describes an UploadFile as ``contentMediaType: application/octet-stream`` (JSON
+    Schema 2020-12); client generators (openapi-python-client, openapi-generator) look for the
+    OpenAPI ``format: binary`` and otherwise type the field as text, so uploads fail.
+    """
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "contentMediaType" in node:
+            del node["contentMediaType"]
+            node["format"] = "binary"
+        for value in node.values():
+            _binary_files(value)
+    elif isinstance(node, list):
+        for value in node:
+            _binary_files(value)
+
+
+def _hoist_bodies(schema: dict[str, Any]) -> None:
+    """Inline request-body schemas with a title become components named by it, in place.
+
+    Routes that read their body themselves describe it inline (openapi_extra); as components
+    they give generated clients classes named ImageIdSearch, not SearchImageImageIdSearch.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                body = media.get("schema", {})
+                title = body.get("title")
+                if title and "$ref" not in body and components.get(title, body) == body:
+                    components[title] = body
+                    media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+
+
+def _document_files(app: FastAPI) -> None:
+    """Spec post-processing for client generators: binary file fields, named bodies."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _hoist_bodies(schema)
+            _binary_files(schema)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment (FUSION_*) unless given."""
     settings = settings or Settings()
@@ -95,6 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Image-text retrieval: text->image, image->image, image->text and composed "
         "search over a CLIP-style dual encoder, re-ranked by attention fusion.",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves both pages from local files, never a CDN
+        redoc_url=None,
+        # operation ids are the route names (search_text, upload_images...): the function
+        # names of a generated client, instead of FastAPI's name_path_method
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.service = None
@@ -112,7 +166,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(BodyLimit, limit=int(settings.max_request_bytes))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _document_files(app)
     _document_auth(app, settings)
+    docs.install(app)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     api_key: SecretStr | None = None
     protect_reads: bool = False
+    # `fusion-search serve` refuses a non-loopback address while writes need no key (app.startup)
+    allow_open_writes: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rerank_depth: int = Field(20, ge=1, le=1000)
     text_batch_max: int = Field(16, ge=1, le=256)

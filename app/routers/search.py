@@ -1,4 +1,4 @@
-"""/api/v1/search/{text,image,composed} and /api/v1/explain."""
+"""/api/v1/search/{text,image,composed}, their /upload forms, and /api/v1/explain."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ..schemas import (
     SearchResponse,
     TextSearch,
 )
-from ..service import Results
+from ..service import Results, SearchService
 from ..settings import Settings
 from .images import file_url, read_upload
 
@@ -60,16 +60,23 @@ def _multipart_schema(text_field: bool) -> dict[str, Any]:
         required.append("text")
     else:
         props["target"] = {"type": "string", "enum": ["images", "captions"]}
-    return {"type": "object", "properties": props, "required": required,
+    return {"title": "ComposedUploadSearch" if text_field else "ImageUploadSearch",
+            "type": "object", "properties": props, "required": required,
             "additionalProperties": False}
 
 
-def _openapi(json_model: type[BaseModel], text_field: bool) -> dict[str, Any]:
+# One request content type per operation: client generators (openapi-python-client, among
+# others) cannot build an operation that takes JSON *or* a form. The JSON paths still accept a
+# multipart upload for curl and older callers, undocumented; the /upload paths take only a form.
+def _json_body(json_model: type[BaseModel]) -> dict[str, Any]:
     # Inline: a $ref would dangle, since FastAPI only lists models that routes declare.
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_model.model_json_schema()},
-        "multipart/form-data": {"schema": _multipart_schema(text_field)},
-    }}}
+        "application/json": {"schema": json_model.model_json_schema()}}}}
+
+
+def _form_body(text_field: bool) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": _multipart_schema(text_field)}}}}
 
 
 def _validate(model: type[M], data: dict[str, Any]) -> M:
@@ -80,9 +87,14 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
         raise ApiError(422, "validation_error", "; ".join(msgs)) from exc
 
 
-async def _read_body(request: Request, settings: Settings) -> tuple[dict[str, Any], Any]:
+async def _read_body(request: Request, settings: Settings,
+                     form_only: bool = False) -> tuple[dict[str, Any], Any]:
     """JSON body, or multipart fields plus the uploaded file (decoded later)."""
     ctype = request.headers.get("content-type", "")
+    if form_only and not ctype.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send multipart/form-data with the image as field 'file' (or JSON with "
+                       f"image_id to {request.url.path.removesuffix('/upload')})")
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=16)
         upload = form.get("file")
@@ -119,11 +131,9 @@ def search_text(request: Request, body: TextSearch, service: ServiceDep) -> Sear
     return _response(request, results, _fusion(service))
 
 
-@router.post("/search/image", response_model=SearchResponse, openapi_extra=_openapi(
-    ImageIdSearch, text_field=False), summary="Image -> image or image -> caption search")
-async def search_image(request: Request, service: ServiceDep,
-                       settings: SettingsDep) -> SearchResponse:
-    fields, upload = await _read_body(request, settings)
+async def _image_search(request: Request, service: SearchService, settings: Settings,
+                        form_only: bool) -> SearchResponse:
+    fields, upload = await _read_body(request, settings, form_only)
     if upload is not None:
         fields.setdefault("image_id", 1)  # validated separately from the file
         q = _validate(ImageIdSearch, fields)
@@ -137,11 +147,9 @@ async def search_image(request: Request, service: ServiceDep,
     return _response(request, results, _fusion(service))
 
 
-@router.post("/search/composed", response_model=SearchResponse, openapi_extra=_openapi(
-    ComposedIdSearch, text_field=True), summary="Image + modifying text -> image search")
-async def search_composed(request: Request, service: ServiceDep,
-                          settings: SettingsDep) -> SearchResponse:
-    fields, upload = await _read_body(request, settings)
+async def _composed_search(request: Request, service: SearchService, settings: Settings,
+                           form_only: bool) -> SearchResponse:
+    fields, upload = await _read_body(request, settings, form_only)
     if upload is not None:
         fields.setdefault("image_id", 1)
         q = _validate(ComposedIdSearch, fields)
@@ -153,6 +161,38 @@ async def search_composed(request: Request, service: ServiceDep,
         results = await run_in_threadpool(service.search_composed, None, q.image_id, q.text,
                                           q.k, q.tags)
     return _response(request, results, _fusion(service))
+
+
+@router.post("/search/image", response_model=SearchResponse,
+             openapi_extra=_json_body(ImageIdSearch),
+             summary="Image -> image or image -> caption search, by stored image id")
+async def search_image(request: Request, service: ServiceDep,
+                       settings: SettingsDep) -> SearchResponse:
+    return await _image_search(request, service, settings, form_only=False)
+
+
+@router.post("/search/image/upload", response_model=SearchResponse,
+             openapi_extra=_form_body(text_field=False),
+             summary="Image -> image or image -> caption search, by an uploaded image")
+async def search_image_upload(request: Request, service: ServiceDep,
+                              settings: SettingsDep) -> SearchResponse:
+    return await _image_search(request, service, settings, form_only=True)
+
+
+@router.post("/search/composed", response_model=SearchResponse,
+             openapi_extra=_json_body(ComposedIdSearch),
+             summary="Stored image (by id) + modifying text -> image search")
+async def search_composed(request: Request, service: ServiceDep,
+                          settings: SettingsDep) -> SearchResponse:
+    return await _composed_search(request, service, settings, form_only=False)
+
+
+@router.post("/search/composed/upload", response_model=SearchResponse,
+             openapi_extra=_form_body(text_field=True),
+             summary="Uploaded image + modifying text -> image search")
+async def search_composed_upload(request: Request, service: ServiceDep,
+                                 settings: SettingsDep) -> SearchResponse:
+    return await _composed_search(request, service, settings, form_only=True)
 
 
 @router.post("/explain", response_model=Explanation,

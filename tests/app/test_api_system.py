@@ -76,7 +76,8 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/images/{item_id}", "get"), ("/api/v1/images/{item_id}", "delete"),
     ("/api/v1/images/{item_id}/file", "get"),
     ("/api/v1/search/text", "post"), ("/api/v1/search/image", "post"),
-    ("/api/v1/search/composed", "post"), ("/api/v1/explain", "post"),
+    ("/api/v1/search/image/upload", "post"), ("/api/v1/search/composed", "post"),
+    ("/api/v1/search/composed/upload", "post"), ("/api/v1/explain", "post"),
     ("/api/v1/info", "get"), ("/health", "get"), ("/ready", "get"), ("/metrics", "get"),
 }
 
@@ -85,9 +86,15 @@ def test_openapi_lists_every_route_and_docs_render(gallery: Gallery) -> None:
     schema = gallery.client.get("/openapi.json").json()
     operations = {(path, method) for path, ops in schema["paths"].items() for method in ops}
     assert operations == EXPECTED_OPERATIONS
-    # the search endpoints take JSON or a multipart upload; both are documented
-    body = schema["paths"]["/api/v1/search/image"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "multipart/form-data"}
+    # one request content type per operation (client generators need it): the search by an
+    # uploaded image has its own multipart operation beside the JSON one
+    bodies = {(path, method): set(op["requestBody"]["content"])
+              for path, ops in schema["paths"].items() for method, op in ops.items()
+              if "requestBody" in op}
+    assert all(len(types) == 1 for types in bodies.values()), bodies
+    assert bodies[("/api/v1/search/image", "post")] == {"application/json"}
+    assert bodies[("/api/v1/search/image/upload", "post")] == {"multipart/form-data"}
+    assert bodies[("/api/v1/search/composed/upload", "post")] == {"multipart/form-data"}
     assert "ErrorResponse" in schema["components"]["schemas"]
     docs = gallery.client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text.lower()
