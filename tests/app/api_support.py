@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
+from http_checks import free_port
 from PIL import Image
 
 from app.main import create_app
@@ -147,3 +152,82 @@ def subprocess_env(**extra: str) -> dict[str, str]:
                FUSION_TORCH_THREADS="1")
     env.update(extra)
     return env
+
+
+# Generous: start-up imports torch, and these cores are shared with other work.
+START_TIMEOUT_S = 300
+PORT_TRIES = 5
+
+
+class Server:
+    """One `fusion-search serve` process over ``data_dir``, as an operator starts it."""
+
+    def __init__(self, data_dir: Path, log: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.log = log
+        self.env = subprocess_env(FUSION_DATA_DIR=str(data_dir),
+                                  FUSION_SNAPSHOT_EVERY="100000", **env)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start and wait for /ready. The port was free a moment ago; when another process took
+        it meanwhile the server exits at once, and the start is retried on a new port.
+
+        Raises AssertionError (with the log) when it cannot start."""
+        for _ in range(PORT_TRIES):
+            self.port = free_port()
+            with self.log.open("ab") as out:
+                out.write(f"\n==== port {self.port}\n".encode())
+                out.flush()
+                self.proc = subprocess.Popen(
+                    [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--log-level", "warning"],
+                    cwd=self.data_dir.parent, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                )
+            if self._wait_ready():
+                return
+            if "address already in use" not in self.log.read_text(errors="replace").lower():
+                break
+        raise AssertionError(f"server did not start:\n{self.log.read_text(errors='replace')}")
+
+    def _wait_ready(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait(timeout=60)
+        return False
+
+    def stop(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=120)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def serve(data_dir: Path, log: Path, **env: str) -> Iterator[Server]:
+    """A started server that is killed on the way out, whatever happened."""
+    server = Server(data_dir, log, **env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
