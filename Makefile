@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 DATA   ?= ./data
-test bench: export HF_HUB_OFFLINE := 1
+test bench mutation: export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench wrk browser clean
+.PHONY: run test lint bench wrk browser clean mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,20 @@ wrk:
 
 bench: $(STAMP) wrk
 	$(BIN)/fusion-search bench all
+
+# Mutation testing of the search path (not in CI: about half an hour on two cores). Settings in
+# pyproject.toml [tool.mutmut]; the functions mutated are these name patterns. docs/testing.md.
+MUTANTS ?= 'app.service.xǁSearchServiceǁsearch_text__mutmut_*' \
+	'app.service.xǁSearchServiceǁ_rerank__mutmut_*' 'app.service.xǁSearchServiceǁ_hits__mutmut_*' \
+	'app.service.xǁSearchServiceǁsearch_vector__mutmut_*' \
+	'app.service.xǁSearchServiceǁsearch_composed__mutmut_*' \
+	'app.service.xǁSearchServiceǁexplain__mutmut_*' 'models.encoder.x_rerank_scores__mutmut_*' \
+	'models.fusion.xǁAttentionFusionǁscore_from__mutmut_*' \
+	'models.fusion.xǁAttentionFusionǁcompose__mutmut_*' 'index.store.xǁStoreǁsearch__mutmut_*'
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet "mutmut==3.8.1"
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 $(MUTANTS); $(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
