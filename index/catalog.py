@@ -534,9 +534,16 @@ class Catalog:
     # -- maintenance -------------------------------------------------------------------------
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` result: "ok", or the problems found."""
+        """SQLite's ``PRAGMA integrity_check`` result: "ok", or the problems found.
+
+        A file too damaged to be checked is a problem found, not an error: the answer is
+        SQLite's message.
+        """
         with self._read() as conn:
-            return "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
+            try:
+                return "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
+            except sqlite3.DatabaseError as exc:
+                return f"unreadable: {exc}"
 
     def backup(self, dest_path: Path) -> None:
         """Copy a consistent snapshot of the catalog to ``dest_path`` while it stays in use.

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import shutil
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -51,10 +55,79 @@ def test_backup_while_serving_then_restore(tmp_path: Path,
 
 
 def test_backup_refuses_a_non_empty_destination(tmp_path: Path) -> None:
-    (tmp_path / "dest").mkdir()
-    (tmp_path / "dest" / "x").write_text("x")
-    with pytest.raises(SystemExit):
-        cli(["backup", str(tmp_path / "dest"), "--data", str(tmp_path / "nothing")])
+    data_dir, dest = tmp_path / "data", tmp_path / "dest"
+    with TestClient(create_app(make_settings(data_dir))) as client:
+        _upload(client, 310)
+    dest.mkdir()
+    (dest / "x").write_text("someone's file")
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        cli(["backup", str(dest), "--data", str(data_dir)])
+    assert sorted(p.name for p in dest.iterdir()) == ["x"]  # nothing written, nothing removed
+    assert (dest / "x").read_text() == "someone's file"
+    with pytest.raises(SystemExit, match="not a data dir"):
+        cli(["backup", str(tmp_path / "fresh"), "--data", str(tmp_path / "nothing")])
+
+
+@contextlib.contextmanager
+def _before_first_file_copy(action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` once, between the backup's catalog copy and its first file copy."""
+    real = shutil.copy2
+    done: list[bool] = []
+
+    def copy2(src: Any, dst: Any, **kwargs: Any) -> Any:
+        if not done:
+            done.append(True)
+            action()
+        return real(src, dst, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shutil, "copy2", copy2)
+        yield
+    assert done, "the backup copied no file"
+
+
+def test_backup_drops_an_item_deleted_while_its_files_are_copied(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, backup = tmp_path / "data", tmp_path / "backup"
+    with TestClient(create_app(make_settings(data_dir))) as client:
+        ids = [_upload(client, 320 + i) for i in range(4)]
+        victim = ids[0]  # the backup copies files in name order; any one of them will do
+
+        def delete_victim() -> None:
+            assert client.delete(f"{API}/images/{victim}").status_code == 200
+
+        with _before_first_file_copy(delete_victim):
+            assert cli(["backup", str(backup), "--data", str(data_dir)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["dropped_deleted_meanwhile"] == 1, report
+    assert (report["items"], report["files"], report["integrity"]) == (3, 3, "ok")
+    with TestClient(create_app(make_settings(backup))) as client:
+        assert client.get(f"{API}/images/{victim}").status_code == 404
+        for item_id in ids[1:]:
+            item = client.get(f"{API}/images/{item_id}").json()
+            content = client.get(f"{API}/images/{item_id}/file").content
+            assert hashlib.sha256(content).hexdigest() == item["sha256"]
+
+
+def test_backup_exits_1_when_the_copy_fails_its_integrity_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, backup = tmp_path / "data", tmp_path / "backup"
+    with TestClient(create_app(make_settings(data_dir))) as client:
+        for i in range(3):
+            _upload(client, 330 + i)
+
+    def damage_the_copy() -> None:
+        # a b-tree page header overwritten, as a failing disk under the destination would
+        with (backup / "catalog.sqlite3").open("r+b") as f:
+            f.seek(2 * 4096)
+            f.write(b"\x0d" + b"\xff" * 7)
+
+    with _before_first_file_copy(damage_the_copy):
+        code = cli(["backup", str(backup), "--data", str(data_dir)])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["integrity"] != "ok" and report["integrity"], report
 
 
 def test_reembed_into_a_new_data_dir_keeps_captions_and_tags(
