@@ -1,30 +1,58 @@
-# fusion-search: CPU-only image. Install steps mirror the Makefile: torch + torchvision, then the project.
-FROM python:3.11-slim AS base
+# fusion-search: CPU-only image of exactly what pyproject.toml packages.
+#   docker build -t fusion-search .          (or: docker compose up --build)
+# Where python:3.11-slim or the PyTorch CPU index cannot be reached, point the two arguments
+# elsewhere (scripts/docker-test.sh does, with a local base image and wheel mirror):
+#   --build-arg BASE_IMAGE=... --build-arg TORCH_INDEX=...
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# CPU wheels of torch/torchvision (no CUDA libraries): an extra index beside PyPI, where the
+# CPU build (2.14.1+cpu) outranks PyPI's CUDA build of the same release.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Optional, for a local mirror: more indexes (space-separated) and hosts trusted over HTTP.
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+
+LABEL org.opencontainers.image.title="fusion-search" \
+      org.opencontainers.image.description="Image-text retrieval service (open_clip, FAISS, SQLite)"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 \
-    FUSION_DATA_DIR=/data
-
-WORKDIR /app
-
-# CPU wheels of the same torch/torchvision pair the Makefile pins (no CUDA libraries).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.14.1" "torchvision==0.29.1"
-
-COPY pyproject.toml README.md ./
-COPY app ./app
-COPY models ./models
-COPY index ./index
-RUN pip install .
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FUSION_DATA_DIR=/data \
+    HF_HOME=/cache/huggingface \
+    TORCH_HOME=/cache/torch
 
 RUN useradd --create-home --uid 10001 fusion \
-    && mkdir -p /data && chown fusion:fusion /data
+    && mkdir -p /data /cache && chown fusion:fusion /data /cache
+
+# Dependencies first, in their own layer: a change to the code does not reinstall torch.
+# One resolver run for torch, torchvision and everything pyproject.toml names, so pillow (which
+# torchvision brings unpinned) lands once, inside the project's own range.
+COPY pyproject.toml /tmp/src/
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/src/pyproject.toml', 'rb')); \
+print('\n'.join(p['project']['dependencies'] + p['build-system']['requires']))" \
+        > /tmp/requirements.txt \
+    && PIP_EXTRA_INDEX_URL="${TORCH_INDEX} ${PIP_EXTRA_INDEX_URL:-}" \
+        pip install "torch==2.14.1" "torchvision==0.29.1" -r /tmp/requirements.txt \
+    && rm -rf /tmp/requirements.txt /root/.cache
+
+# The project itself, from the build context (.dockerignore keeps out venvs, data, tests, docs).
+COPY . /tmp/src
+RUN pip install --no-deps --no-build-isolation /tmp/src \
+    && pip check \
+    && rm -rf /tmp/src /root/.cache
+
 USER fusion
-VOLUME ["/data"]
+WORKDIR /home/fusion
+# /data: catalog, image files, FAISS snapshot. /cache: pretrained weights downloaded once.
+VOLUME ["/data", "/cache"]
 EXPOSE 8000
 
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"
 
+# Listening on every interface inside the container needs FUSION_API_KEY (or, where only this
+# machine can reach the published port, FUSION_ALLOW_OPEN_WRITES=true): see docker-compose.yml.
 CMD ["fusion-search", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -7,7 +7,7 @@ PORT   ?= 8000
 DATA   ?= ./data
 test bench mutation: export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench wrk browser clean mutation
+.PHONY: run test lint bench wrk browser clean mutation docker-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ mutation: $(STAMP)
 	$(BIN)/pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 $(MUTANTS); $(BIN)/mutmut results
+
+# The Docker image and compose file, built and run for real (installs Debian's docker.io and
+# docker-compose where missing, starts an engine if none runs); FUSION_SKIP_DOCKER=1 skips it.
+docker-test:
+	scripts/docker-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

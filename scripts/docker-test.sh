@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# `make docker-test`: the image and the compose file, tried for real.
+#
+# Installs Debian's docker.io, docker-compose and debootstrap where missing, starts a Docker
+# engine if none runs, builds the image (with a local base image and wheel mirror where the
+# defaults cannot be reached), runs it until healthy, uploads an image and finds it by a text
+# search, finds it again from a new container on the same named volume, then runs
+# `docker-compose up -d` / `down` with the project's compose file. Everything it starts
+# (containers, volumes, networks, the HTTP mirror, the engine) is removed by id or pid on exit;
+# the images stay as the build cache.
+#
+# FUSION_SKIP_DOCKER=1 skips it explicitly; otherwise a machine without an engine fails here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${FUSION_IMAGE:-fusion-search:latest}
+BASE_IMAGE=${FUSION_BASE_IMAGE:-python:3.11-slim}
+LOCAL_BASE=fusion-search-base:bookworm
+TORCH_INDEX=${FUSION_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+HEALTH_TIMEOUT=${FUSION_HEALTH_TIMEOUT:-180}
+
+log() { printf '[docker-test %4ss] %s\n' "$SECONDS" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+if [[ ${FUSION_SKIP_DOCKER:-} == 1 ]]; then
+    log "skipped: FUSION_SKIP_DOCKER=1"
+    exit 0
+fi
+
+as_root() {
+    if [[ $(id -u) == 0 ]]; then "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
+    else return 1; fi
+}
+
+work=$(mktemp -d /tmp/fusion-docker-test.XXXXXX)
+tag=dt$$
+containers=() volumes=() compose_up=0 mirror_pid='' dockerd_pid=''
+declare -A timings=()
+
+cleanup() {
+    local rc=$?
+    set +e
+    if ((${#containers[@]})); then docker rm -f "${containers[@]}" >/dev/null 2>&1; fi
+    if ((compose_up)); then compose down -v --remove-orphans >/dev/null 2>&1; fi
+    if ((${#volumes[@]})); then docker volume rm "${volumes[@]}" >/dev/null 2>&1; fi
+    if [[ -n $mirror_pid ]]; then kill "$mirror_pid" 2>/dev/null; wait "$mirror_pid" 2>/dev/null; fi
+    # images replaced by this build (the tagged ones stay: they are the next run's cache)
+    docker image prune -f --filter label=org.opencontainers.image.title=fusion-search >/dev/null 2>&1
+    if [[ -n $dockerd_pid ]]; then
+        log "stopping the engine this run started (pid $dockerd_pid)"
+        as_root kill -TERM "$dockerd_pid"
+        for _ in $(seq 60); do as_root kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- 1. tools -------------------------------------------------------------------------------
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} (Debian packages)"
+    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq "${missing[@]}"; } >"$work/apt.log" 2>&1 \
+        || { tail -5 "$work/apt.log" >&2; \
+             die "could not install ${missing[*]} with apt (root or passwordless sudo needed); set FUSION_SKIP_DOCKER=1 to skip this check on a machine without Docker"; }
+fi
+if command -v docker-compose >/dev/null; then compose_cmd=(docker-compose); else compose_cmd=(docker compose); fi
+compose() { "${compose_cmd[@]}" -p "fusion-$tag" --env-file "$work/compose.env" -f docker-compose.yml "$@"; }
+
+# --- 2. the engine --------------------------------------------------------------------------
+if docker info >/dev/null 2>&1; then
+    log "using the running Docker engine"
+else
+    # No init system here: run dockerd ourselves. Without iptables (none in this sandbox) the
+    # containers have no route out, and published ports still work through docker-proxy.
+    for driver in overlay2 vfs; do
+        as_root dockerd --storage-driver="$driver" --iptables=false --ip-forward=false \
+            --ip-masq=false >"$work/dockerd.log" 2>&1 &
+        dockerd_pid=$!
+        for _ in $(seq 60); do
+            docker info >/dev/null 2>&1 && break
+            kill -0 "$dockerd_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if docker info >/dev/null 2>&1; then
+            log "started dockerd (pid $dockerd_pid, storage driver $driver)"
+            break
+        fi
+        as_root kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
+        dockerd_pid=''
+    done
+    if [[ -z $dockerd_pid ]]; then
+        tail -5 "$work/dockerd.log" >&2 || true
+        die "no Docker engine runs and dockerd could not be started (needs root, or passwordless sudo, and a kernel that allows overlay2 or vfs; log above). Set FUSION_SKIP_DOCKER=1 to skip explicitly."
+    fi
+fi
+timings[engine]=$SECONDS
+
+# --- 3. base image and torch wheels ---------------------------------------------------------
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $BASE_IMAGE: present"
+elif [[ $BASE_IMAGE == python:3.11-slim ]] && docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+    BASE_IMAGE=$LOCAL_BASE
+    log "base image: $LOCAL_BASE (made earlier: python:3.11-slim could not be pulled)"
+elif timeout 60 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $BASE_IMAGE: pulled"
+elif [[ $BASE_IMAGE == python:3.11-slim ]]; then
+    log "python:3.11-slim cannot be pulled: making $LOCAL_BASE with debootstrap"
+    as_root scripts/make-base-image.sh "$LOCAL_BASE" >&2 || die "could not make the local base image"
+    BASE_IMAGE=$LOCAL_BASE
+else
+    die "base image $BASE_IMAGE cannot be pulled"
+fi
+timings[base]=$SECONDS
+
+build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+if curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
+    build_args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
+    log "torch wheels: $TORCH_INDEX"
+else
+    # This machine's pip may know local mirrors (file:// indexes): serve them on loopback for the
+    # build (which runs on the host network), the one with torch as TORCH_INDEX.
+    mkdir -p "$work/mirror"
+    torch_url='' extra_urls=() n=0
+    for url in $(pip config list 2>/dev/null | sed -nE "s/^[^=]*index-url='(.*)'$/\1/p"); do
+        dir=${url#file://}
+        [[ $url == file://* && -d $dir ]] || continue
+        ln -s "$(dirname "$dir")" "$work/mirror/m$n"
+        served="http://127.0.0.1:PORT/m$n/$(basename "$dir")"
+        if [[ -z $torch_url && -d $dir/torch ]]; then torch_url=$served; else extra_urls+=("$served"); fi
+        n=$((n + 1))
+    done
+    if [[ -n $torch_url ]]; then
+        # A fixed port: the URLs are build arguments, so they are part of the layer cache key.
+        port=${FUSION_MIRROR_PORT:-38765}
+        if curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then
+            port=$(free_port)
+            log "port ${FUSION_MIRROR_PORT:-38765} is taken: mirror on $port (the torch layer will be rebuilt)"
+        fi
+        python3 -m http.server --bind 127.0.0.1 --directory "$work/mirror" "$port" \
+            >"$work/mirror.log" 2>&1 &
+        mirror_pid=$!
+        for _ in $(seq 40); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.25; done
+        build_args+=(--build-arg "TORCH_INDEX=${torch_url/PORT/$port}"
+                     --build-arg "PIP_EXTRA_INDEX_URL=${extra_urls[*]//PORT/$port}"
+                     --build-arg "PIP_TRUSTED_HOST=127.0.0.1")
+        log "torch wheels: $TORCH_INDEX unreachable; local mirror on 127.0.0.1:$port (pid $mirror_pid)"
+    else
+        build_args+=(--build-arg "TORCH_INDEX=https://pypi.org/simple")
+        log "torch wheels: $TORCH_INDEX unreachable and no local mirror: PyPI's torch (CUDA build, several GB)"
+    fi
+fi
+
+# --- 4. build -------------------------------------------------------------------------------
+log "building $IMAGE"
+DOCKER_BUILDKIT=0 docker build --network host "${build_args[@]}" -t "$IMAGE" . >"$work/build.log" 2>&1 \
+    || { tail -30 "$work/build.log" >&2; die "docker build failed"; }
+timings[build]=$SECONDS
+size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')
+log "built $IMAGE ($size)"
+if [[ -n $mirror_pid ]]; then kill "$mirror_pid"; wait "$mirror_pid" 2>/dev/null || true; mirror_pid=''; fi
+
+# --- 5. run, upload, search, new container on the same volume -------------------------------
+key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+volume=fusion-$tag-data
+docker volume create "$volume" >/dev/null
+volumes+=("$volume")
+
+wait_healthy() {  # container id -> 0 once healthy, dies with its log otherwise
+    local cid=$1 state start=$SECONDS
+    while ((SECONDS - start < HEALTH_TIMEOUT)); do
+        state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid")
+        case $state in
+            "running healthy") log "container ${cid:0:12} healthy after $((SECONDS - start)) s"; return 0 ;;
+            running*) sleep 1 ;;
+            *) docker logs --tail 30 "$cid" >&2; die "container ${cid:0:12} is $state" ;;
+        esac
+    done
+    docker logs --tail 30 "$cid" >&2
+    die "container ${cid:0:12} not healthy after $HEALTH_TIMEOUT s"
+}
+
+start_container() {  # host port -> $cid, a container on the test volume (removed on exit)
+    cid=$(docker run -d --label "fusion-docker-test=$tag" -p "127.0.0.1:$1:8000" \
+        -v "$volume:/data" -e FUSION_API_KEY="$key" --health-interval=1s "$IMAGE" \
+        2>"$work/run.err") || { cat "$work/run.err" >&2; die "docker run failed"; }
+    containers+=("$cid")
+}
+
+json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+
+search_red_circle() {  # port -> id of the first hit for "a red circle" among the test's tag
+    curl -fsS -X POST "http://127.0.0.1:$1/api/v1/search/text" -H 'Content-Type: application/json' \
+        -d '{"query": "a red circle", "k": 3, "tags": ["docker-test"]}' \
+        | json 'd["hits"][0]["id"] if d["hits"] else "none"'
+}
+
+port=$(free_port)
+start_container "$port"
+wait_healthy "$cid"
+timings[first_start]=$SECONDS
+
+docker exec "$cid" python -c "
+import sys
+from PIL import Image, ImageDraw
+im = Image.new('RGB', (64, 64), (128, 128, 128))
+ImageDraw.Draw(im).ellipse((14, 14, 50, 50), fill=(220, 30, 30))
+im.save(sys.stdout.buffer, 'PNG')" >"$work/red-circle.png"
+code=$(curl -s -o /dev/null -w '%{http_code}' -F "files=@$work/red-circle.png;type=image/png" \
+    "http://127.0.0.1:$port/api/v1/images")
+[[ $code == 401 ]] || die "upload without the key answered $code, expected 401"
+id=$(curl -fsS -H "X-API-Key: $key" -F "files=@$work/red-circle.png;type=image/png" \
+    -F caption="a red circle" -F tags=docker-test "http://127.0.0.1:$port/api/v1/images" \
+    | json 'd["items"][0]["id"]')
+found=$(search_red_circle "$port")
+[[ $found == "$id" ]] || die "text search found $found, expected the upload $id"
+log "uploaded image $id (401 without the key) and found it by text search"
+
+docker rm -f "$cid" >/dev/null
+port=$(free_port)
+start_container "$port"
+wait_healthy "$cid"
+found=$(search_red_circle "$port")
+[[ $found == "$id" ]] || die "after replacing the container: search found $found, expected $id"
+log "a new container on volume $volume finds image $id again"
+docker rm -f "$cid" >/dev/null
+timings[volume]=$SECONDS
+
+# --- 6. docker-compose up -d / down with the project's compose file -------------------------
+cport=$(free_port)
+# Only these settings (a .env in the checkout would otherwise apply): the image just built,
+# a free port, no demo seeding.
+printf 'FUSION_IMAGE=%s\nFUSION_PORT=%s\nFUSION_DEMO=false\n' "$IMAGE" "$cport" >"$work/compose.env"
+compose_up=1
+compose up -d --no-build >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; die "compose up failed"; }
+ccid=$(compose ps -q fusion-search)
+wait_healthy "$ccid"
+for path in /health / /docs; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cport$path")
+    [[ $code == 200 ]] || die "compose: GET $path answered $code"
+done
+log "compose: /health, / and /docs answer 200 on 127.0.0.1:$cport"
+compose down -v --remove-orphans >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; die "compose down failed"; }
+compose_up=0
+left=$(docker ps -aq --filter "label=com.docker.compose.project=fusion-$tag")
+[[ -z $left ]] || die "compose down left containers: $left"
+timings[compose]=$SECONDS
+
+log "passed: engine ${timings[engine]} s, base ${timings[base]} s, build ${timings[build]} s ($size), first healthy ${timings[first_start]} s, volume ${timings[volume]} s, compose ${timings[compose]} s (cumulative)"
