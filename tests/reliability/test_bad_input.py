@@ -54,6 +54,12 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
             + _chunk(b"IEND", b""))
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR declaring width x height RGB pixels, and no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+
+
 def zlib_bomb_png(side: int = 6000) -> bytes:
     """A real side x side greyscale PNG (within the pixel limit) that compresses ~1000:1."""
     raw = (b"\x00" + b"\x00" * side) * side  # filter byte + pixels, per row
@@ -127,6 +133,38 @@ def test_bad_file_is_refused_with_json_error(asgi_client: TestClient, name: str)
     TRIED.append(name)
     _alive(asgi_client)
     assert asgi_client.get(f"{API}/info").json()["items"] == before
+
+
+# Pillow refuses on its own from MAX_IMAGE_PIXELS (about 89 million pixels, 179 million for an
+# error); between the service's limit and that, only the service's pixel check stands.
+ABOVE_LIMIT = 6400  # 40,960,000 pixels: over the default FUSION_MAX_PIXELS of 40,000,000
+BELOW_LIMIT = 6300  # 39,690,000 pixels
+
+
+def test_pixel_limit_refuses_before_decoding(asgi_client: TestClient) -> None:
+    """Header-only PNGs of about 100 bytes declare ~40 million pixels. Just over the service's
+    limit (and far under Pillow's) the answer is 413 image_too_large; just under it the same
+    kind of file gets as far as decoding and fails there, as a truncated image. So the 413 came
+    from the declared size, before any pixel was decoded."""
+    assert ABOVE_LIMIT**2 > 40_000_000 > BELOW_LIMIT**2
+    assert ABOVE_LIMIT**2 < Image.MAX_IMAGE_PIXELS
+    limits = asgi_client.get(f"{API}/info").json()["limits"]
+    assert limits["max_pixels"] == 40_000_000, limits
+    over = png_header_only(ABOVE_LIMIT, ABOVE_LIMIT)
+    under = png_header_only(BELOW_LIMIT, BELOW_LIMIT)
+    assert len(over) < 200
+    for path, fields in (("images", {}), ("search/image", {}),
+                         ("search/composed", {"text": "but blue"})):
+        part = "files" if path == "images" else "file"
+        resp = asgi_client.post(f"{API}/{path}", files={part: ("big.png", over, "image/png")},
+                                data=fields)
+        error = assert_error(resp, 413, "image_too_large")
+        assert f"{ABOVE_LIMIT}x{ABOVE_LIMIT}" in error["message"]
+        resp = asgi_client.post(f"{API}/{path}", files={part: ("big.png", under, "image/png")},
+                                data=fields)
+        assert_error(resp, 400, "bad_image")
+    TRIED.append("PNG header just over FUSION_MAX_PIXELS")
+    _alive(asgi_client)
 
 
 @pytest.mark.parametrize("name", ["PNG bomb 100000x100000", "truncated PNG", "SVG named .jpg"])
@@ -244,8 +282,9 @@ def test_unknown_ids_in_bodies_are_404(asgi_client: TestClient) -> None:
     assert_error(asgi_client.post(f"{API}/search/image", json={"image_id": 999999}), 404)
     assert_error(asgi_client.post(f"{API}/search/composed",
                                   json={"image_id": 999999, "text": "but red"}), 404)
+    # the bundled model has fusion heads: an unknown image is 404, never "no fusion" (409)
     assert_error(asgi_client.post(f"{API}/explain", json={"image_id": 999999, "text": "red"}),
-                 (404, 409))
+                 404, "not_found")
     TRIED.append("unknown ids in bodies")
 
 
