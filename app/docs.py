@@ -28,6 +28,13 @@ SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"
 FAVICON = "favicon.png"
+# The pages may load and call only this server: ReDoc's sidebar otherwise fetches its logo from
+# cdn.redoc.ly, and nothing else should leave an offline install either. Inline script and
+# styles: the pages' start-up script and both UIs' style attributes; blob: workers for ReDoc's
+# search and blob:/data: images for Swagger UI's icons and image responses.
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; "
+       "font-src 'self' data:; base-uri 'self'; frame-ancestors 'self'")
 
 
 def assets_dir() -> Path:
@@ -53,16 +60,21 @@ def install(app: FastAPI) -> None:
     def spec(request: Request) -> str:
         return f"{request.scope.get('root_path', '')}{app.openapi_url}"
 
+    def local_only(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = CSP
+        return page
+
     @app.get(DOCS_URL, include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
+        return local_only(get_swagger_ui_html(
             openapi_url=spec(request), title=f"{app.title} - Swagger UI",
             swagger_js_url=asset(request, SWAGGER_JS),
             swagger_css_url=asset(request, SWAGGER_CSS),
             swagger_favicon_url=asset(request, FAVICON),
             oauth2_redirect_url=OAUTH2_REDIRECT_URL,
-            swagger_ui_parameters=app.swagger_ui_parameters,
-        )
+            # no validator badge: Swagger UI would fetch it from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
+        ))
 
     @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -70,8 +82,8 @@ def install(app: FastAPI) -> None:
 
     @app.get(REDOC_URL, include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(
+        return local_only(get_redoc_html(
             openapi_url=spec(request), title=f"{app.title} - ReDoc",
             redoc_js_url=asset(request, REDOC_JS), redoc_favicon_url=asset(request, FAVICON),
             with_google_fonts=False,
-        )
+        ))

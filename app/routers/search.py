@@ -59,7 +59,7 @@ def _multipart_schema(text_field: bool) -> dict[str, Any]:
         props["text"] = {"type": "string", "pattern": TEXT_PATTERN, "maxLength": MAX_QUERY_CHARS}
         required.append("text")
     else:
-        props["target"] = {"type": "string", "enum": ["images", "captions"]}
+        props["target"] = {"type": "string", "enum": ["images", "captions"], "default": "images"}
     return {"title": "ComposedUploadSearch" if text_field else "ImageUploadSearch",
             "type": "object", "properties": props, "required": required,
             "additionalProperties": False}
