@@ -307,9 +307,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.run import run
-
-    return run(args)
+    # bench/ is imported only here, when the sub-command runs: the service, the other
+    # commands and `--help` start without it (it need not even be installed).
+    try:
+        from bench.run import build_parser as bench_parser
+        from bench.run import run
+    except ImportError as exc:
+        raise SystemExit(f"fusion-search bench needs the bench package ({exc}); "
+                         "run it from a source checkout: pip install -e '.[bench]'") from exc
+    return run(bench_parser().parse_args(args.bench_argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,18 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_eval)
 
-    from bench.run import add_arguments as bench_arguments
-
-    s = sub.add_parser("bench", help="benchmarks (JSON + PNG under bench/results) and "
-                                        "docs/benchmarks.md")
-    bench_arguments(s)
+    # Its options belong to bench.run and are parsed there (`fusion-search bench --help`).
+    s = sub.add_parser("bench", add_help=False,
+                       help="benchmarks (JSON + PNG under bench/results) and docs/benchmarks.md")
     s.set_defaults(fn=_bench)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "bench":
+        args.bench_argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.fn(args))
 
 
