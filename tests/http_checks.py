@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -45,3 +46,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening_socket() -> socket.socket:
+    """A socket bound to 127.0.0.1 on a port the kernel picked, listening: hand it to uvicorn
+    with ``--fd`` (and ``pass_fds``) and the port is the server's from the first moment."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def missing_tool(message: str) -> None:
+    """Skip for want of a tool on a developer's machine; fail in CI (``CI`` set), where every
+    tool the suite needs is installed by `make test` and a skip would pass unnoticed."""
+    import pytest
+
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message} (CI is set: a missing tool fails the run)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)

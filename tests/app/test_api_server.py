@@ -3,51 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from api_support import API, Apps, cli_command, encode, hit_ids, scene, scene_png, subprocess_env
-from http_checks import assert_error, free_port
-
-# Generous: start-up imports torch, and these cores are shared with a training run.
-START_TIMEOUT_S = 300
-
-
-class Server:
-    """One `fusion-search serve` process on a free port over ``data_dir``."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = subprocess_env(FUSION_DATA_DIR=str(data_dir), FUSION_SNAPSHOT_EVERY="100000")
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "warning"],
-                cwd=data_dir.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"server not ready after {START_TIMEOUT_S}s:\n{self.log.read_text()}")
-
-    def stop(self, sig: int) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=120)
+from api_support import API, Apps, Server, encode, hit_ids, scene, scene_png
+from http_checks import assert_error
 
 
 @pytest.fixture
@@ -55,15 +17,14 @@ def servers(tmp_path: Path) -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(timeout=60)
+        server.kill()
 
 
 def start(servers: list[Server], data_dir: Path) -> Server:
+    """A `fusion-search serve` on a port of its own (retried if another process took it)."""
     server = Server(data_dir, data_dir.parent / "server.log")
     servers.append(server)
-    server.wait_ready()
+    server.start()
     return server
 
 

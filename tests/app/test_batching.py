@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -60,16 +60,34 @@ def test_a_lone_query_runs_at_once() -> None:
     assert enc.calls == [1]
 
 
+class GatedEncoder(SlowEncoder):
+    """Its first pass holds until ``ready()`` is true (polled), instead of sleeping and hoping
+    the other callers arrive meanwhile."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        super().__init__(delay=0.0)
+        self.ready = ready
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.calls:
+            deadline = time.monotonic() + 10
+            while not self.ready():
+                assert time.monotonic() < deadline, "the other callers never queued"
+                time.sleep(0.001)
+        return super().__call__(texts)
+
+
 def test_concurrent_queries_share_passes_and_get_their_own_vectors() -> None:
-    enc = SlowEncoder()
-    b = TextBatcher(enc, max_batch=16)
     texts = [f"query number {i}" for i in range(12)]
+    b: TextBatcher
+    # the first caller leads a pass of its own query; it finishes once the other eleven queue
+    enc = GatedEncoder(lambda: len(b._queue) == len(texts) - 1)
+    b = TextBatcher(enc, max_batch=16)
     out = run_threads(b, texts)
     for t in texts:
         np.testing.assert_array_equal(out[t], expected(t))  # type: ignore[arg-type]
-    assert sum(enc.calls) == len(texts)
-    assert len(enc.calls) < len(texts)
-    assert b.texts == len(texts) and b.batches == len(enc.calls)
+    assert enc.calls == [1, len(texts) - 1]  # the eleven that waited share one pass
+    assert b.texts == len(texts) and b.batches == 2
 
 
 def test_batches_never_exceed_max_batch() -> None:

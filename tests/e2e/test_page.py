@@ -19,12 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-from http_checks import free_port
+from http_checks import listening_socket, missing_tool
 
 from app.demo import DEMO_IMAGE_SIZE, DEMO_SPLIT
 from models import synthetic as syn
 
-sync_api = pytest.importorskip("playwright.sync_api")
+try:
+    from playwright import sync_api
+except ImportError:
+    missing_tool("playwright is not installed: pip install -e '.[test]'")
 Browser = sync_api.Browser
 Page = sync_api.Page
 expect = sync_api.expect
@@ -35,8 +38,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)",
-                allow_module_level=True)
+    missing_tool(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot.png"
@@ -70,10 +72,11 @@ class Server:
 
 
 def spawn_server(root: Path, demo_count: int = DEMO_COUNT, **env: str) -> Server:
-    """Start uvicorn on a free port with a fresh data dir; see wait_ready."""
+    """Start uvicorn on a port of its own with a fresh data dir; see wait_ready."""
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
-    port = free_port()
+    sock = listening_socket()  # bound here and handed over: no other process can take it
+    port = int(sock.getsockname()[1])
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
     environ.update({
         "FUSION_DATA_DIR": str(data_dir), "FUSION_DEMO": "true",
@@ -83,11 +86,12 @@ def spawn_server(root: Path, demo_count: int = DEMO_COUNT, **env: str) -> Server
         **env,
     })
     log = root / "server.log"
-    with log.open("wb") as out:
+    with sock, log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+             "--fd", str(sock.fileno()), "--log-level", "warning"],
             cwd=root, env=environ, stdout=out, stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
         )
     return Server(f"http://127.0.0.1:{port}", proc, log, data_dir)
 
@@ -415,7 +419,10 @@ def test_delete_asks_first_and_removes_the_item(
 
     page.once("dialog", dismiss)
     target.get_by_test_id("delete").click()
-    page.wait_for_timeout(300)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not dialogs and time.monotonic() < deadline:  # until the confirm was answered
+        page.wait_for_timeout(20)
+    assert dialogs, "no confirmation dialog"
     expect(target).to_be_visible()  # cancelled: still there
     assert server.get(f"/api/v1/images/{item_id}").status_code == 200
     assert dialogs and "cannot be undone" in dialogs[0]

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from http_checks import free_port
 
 from app.settings import Settings
 from models import synthetic as syn
@@ -92,21 +92,31 @@ class LiveServer:
     def start(self, timeout: float = 180.0) -> None:
         """Start the process and wait until /ready answers 200.
 
+        The socket is bound here, on port 0, and handed to uvicorn (``--fd``): the port is the
+        server's from the start, with no moment in which another process could take it.
+
         Raises RuntimeError (with the log's tail) when it exits or never gets ready.
         """
         assert self.proc is None, "already running"
-        self.port = free_port()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        self.port = int(sock.getsockname()[1])
         self.starts += 1
         log = self.log_path.open("ab")
         log.write(f"\n==== start {self.starts} on port {self.port}\n".encode())
         log.flush()
         # cwd outside the repo: no .env file is read, the app is found as an installed package.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env=self._env(), cwd=self.data_dir.parent, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                 "--fd", str(sock.fileno()), "--log-level", "warning"],
+                env=self._env(), cwd=self.data_dir.parent, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(sock.fileno(),),
+            )
+        finally:
+            sock.close()  # the child holds its own copy
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,8 +1,10 @@
-"""kill -9 a real server in the middle of concurrent uploads and searches, again and again.
+"""kill -9 a real server in the middle of concurrent uploads, deletes and searches, again and again.
 
-The promise under test: an upload that was answered 2xx survives (file, row, vector, findable);
-uploads that were never answered leave nothing behind but what start-up cleans; the catalog stays
-consistent and the FAISS index matches it after every restart.
+The promise under test: an upload that was answered 2xx survives (file, row, vector, found by its
+own image); a delete that was answered is never undone; an upload that was never answered either
+stored its image once or not at all, and sending it again says which (``duplicate``); the catalog
+stays consistent and the FAISS index matches it after every restart. The ledger is kept by
+sha256, not by id: SQLite may hand an id out again after a kill, which would hide a lost row.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ pytestmark = pytest.mark.slow
 SNAPSHOT_EVERY = 5
 UPLOADERS = 3
 # What each cycle waits for before the SIGKILL: a random moment, the instant a FAISS snapshot is
-# being written (its temp file exists), or right after an acknowledgement that reaches a multiple
-# of SNAPSHOT_EVERY (the upload whose request wrote a snapshot).
-PLAN = ("random", "snapshot", "random", "boundary", "snapshot", "random")
+# being written (its temp file exists), right after an acknowledgement that reaches a multiple
+# of SNAPSHOT_EVERY (the upload whose request wrote a snapshot), or while deletes run flat out.
+PLAN = ("random", "snapshot", "delete", "boundary", "snapshot", "random")
+# A "snapshot" or "delete" cycle is run again (after a restart) until its kill provably landed
+# inside a snapshot write (the temp file outlived the process) or a delete (one went unanswered).
+PROOF_TRIES = 4
 SNAPSHOT_WAIT_S = 8.0
+DELETE_PAUSE_S = 0.3  # between deletes, outside "delete" cycles
 MAX_ACKS_PER_CYCLE = 60
 FIRST_ACK_WAIT_S = 60.0
 
@@ -49,14 +55,20 @@ class Acked:
 
 @dataclass
 class Ledger:
-    """What the clients saw, shared by their threads."""
+    """What the clients saw, keyed by sha256, shared by their threads."""
 
-    acked: dict[int, Acked] = field(default_factory=dict)
+    acked: dict[str, Acked] = field(default_factory=dict)  # answered 201, not deleted since
+    deleted: set[str] = field(default_factory=set)  # delete answered 200
+    unknown: set[str] = field(default_factory=set)  # delete sent, never answered
+    unanswered: list[int] = field(default_factory=list)  # scene numbers of unanswered uploads
+    unanswered_deletes: int = 0
     five_xx: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    unanswered: int = 0
     searches: int = 0
+    deletes: int = 0
     cycle_acks: int = 0
+    cycle_deletes: int = 0
+    cycle_unanswered_deletes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     scenes: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -84,16 +96,49 @@ def _uploader(url: str, ledger: Ledger, stop: threading.Event,
                                    files={"files": (f"scene{i}.png", data, "image/png")})
             except httpx.TransportError:  # the server died with this request in flight
                 with ledger.lock:
-                    ledger.unanswered += 1
+                    ledger.unanswered.append(i)
                 stop.wait(0.05)
                 continue
             if ledger.answer(f"upload {i}", resp, 201):
                 (item,) = resp.json()["items"]
+                sha = hashlib.sha256(data).hexdigest()
+                assert item["sha256"] == sha and item["duplicate"] is False, item
                 with ledger.lock:
-                    ledger.acked[item["id"]] = Acked(item["id"], i, item["sha256"], caption)
+                    ledger.acked[sha] = Acked(item["id"], i, sha, caption)
                     ledger.cycle_acks += 1
                     count = ledger.cycle_acks
                 on_ack(count)
+
+
+def _deleter(url: str, ledger: Ledger, stop: threading.Event, seed: int, pause: float) -> None:
+    """Delete acknowledged items, one at a time; an unanswered delete may or may not have
+    happened, so its item leaves both the must-exist and the must-be-gone sets."""
+    rng = random.Random(seed)
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        while not stop.is_set():
+            with ledger.lock:
+                # keep most uploads: they are what the final checks look for
+                shas = sorted(ledger.acked)[: max(0, len(ledger.acked) - 10)]
+                victim = ledger.acked.pop(rng.choice(shas)) if shas else None
+            if victim is None:
+                stop.wait(0.05)
+                continue
+            try:
+                resp = client.delete(f"{API}/images/{victim.item_id}")
+            except httpx.TransportError:
+                with ledger.lock:
+                    ledger.unknown.add(victim.sha256)
+                    ledger.unanswered_deletes += 1
+                    ledger.cycle_unanswered_deletes += 1
+                stop.wait(0.05)
+                continue
+            if ledger.answer(f"delete {victim.item_id}", resp, 200):
+                assert resp.json()["sha256"] == victim.sha256, resp.text
+                with ledger.lock:
+                    ledger.deleted.add(victim.sha256)
+                    ledger.deletes += 1
+                    ledger.cycle_deletes += 1
+            stop.wait(pause)
 
 
 def _searcher(url: str, ledger: Ledger, stop: threading.Event, seed: int) -> None:
@@ -150,7 +195,7 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
     killed = threading.Event()
     pid = server.pid
     index_dir = server.data_dir / "index"
-    ledger.cycle_acks = 0
+    ledger.cycle_acks = ledger.cycle_deletes = ledger.cycle_unanswered_deletes = 0
     seen_temp: list[str] = []
 
     def kill_now() -> None:
@@ -169,6 +214,9 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
                for _ in range(UPLOADERS)]
     threads.append(threading.Thread(target=_searcher,
                                     args=(server.url, ledger, stop, rng.randrange(1 << 30))))
+    pause = 0.0 if kind == "delete" else DELETE_PAUSE_S
+    threads.append(threading.Thread(target=_deleter, args=(
+        server.url, ledger, stop, rng.randrange(1 << 30), pause)))
     for t in threads:
         t.start()
     started = time.monotonic()
@@ -186,6 +234,10 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
                 seen_temp.extend(names)
                 kill_now()
             time.sleep(0)
+    elif kind == "delete":
+        while ledger.cycle_deletes < 3 and time.monotonic() - started < SNAPSHOT_WAIT_S:
+            time.sleep(0.01)
+        killed.wait(rng.uniform(0.0, 0.3))
     else:
         killed.wait(SNAPSHOT_WAIT_S)
     kill_now()
@@ -194,39 +246,94 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
         t.join(timeout=60)
     server.kill()
     left = [p.name for p in _temps(index_dir)]
-    return {"kind": kind, "acks": ledger.cycle_acks,
+    return {"kind": kind, "acks": ledger.cycle_acks, "deletes": ledger.cycle_deletes,
             "seconds": round(time.monotonic() - started, 2),
-            "snapshot_temp_seen": bool(seen_temp), "snapshot_temp_left": bool(left)}
+            "snapshot_temp_seen": bool(seen_temp), "snapshot_temp_left": bool(left),
+            "delete_in_flight": ledger.cycle_unanswered_deletes > 0}
+
+
+def _proven(cycle: dict[str, Any]) -> bool:
+    """Whether the kill landed where the cycle's kind aimed it."""
+    if cycle["kind"] == "snapshot":
+        return bool(cycle["snapshot_temp_left"])  # the process died between open and rename
+    if cycle["kind"] == "delete":
+        return bool(cycle["delete_in_flight"])
+    return True
+
+
+def _stored(url: str) -> dict[str, int]:
+    """sha256 -> id of every stored item, from the listing; fails on a sha stored twice."""
+    out: dict[str, int] = {}
+    offset = 0
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        while True:
+            page = client.get(f"{API}/images", params={"offset": offset, "limit": 500}).json()
+            for item in page["items"]:
+                assert item["sha256"] not in out, f"stored twice: {item}"
+                out[item["sha256"]] = item["id"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return out
 
 
 def _verify_all(server: LiveServer, ledger: Ledger) -> dict[str, int]:
-    """Every acknowledged upload: row, file (same bytes), vector, found by its caption."""
+    """Every acknowledged upload is stored (row, same bytes) and found first by its own image
+    with a score of ~1; every acknowledged delete stays deleted."""
     info = _info(server.url)
-    total = info["items"]
-    assert info["vectors"] == total, info
-    assert total >= len(ledger.acked)
+    assert info["vectors"] == info["items"], info
+    stored = _stored(server.url)
+    assert len(stored) == info["items"]
+    missing = [a for sha, a in ledger.acked.items() if sha not in stored]
+    assert not missing, f"acknowledged but not stored: {missing[:5]}"
+    undone = ledger.deleted & set(stored)
+    assert not undone, f"deleted (answered 200) but back: {sorted(undone)[:5]}"
     files_dir = server.data_dir / "files"
 
     def check(acked: Acked) -> bool:
+        data, _ = scene(acked.scene)
         with httpx.Client(base_url=server.url, timeout=60.0) as client:
-            resp = client.get(f"{API}/images/{acked.item_id}")
-            assert resp.status_code == 200, (acked, resp.text)
-            assert resp.json()["sha256"] == acked.sha256
-            stored = files_dir / acked.sha256[:2] / acked.sha256[2:4] / f"{acked.sha256}.png"
-            assert stored.is_file(), stored
-            resp = client.get(f"{API}/images/{acked.item_id}/file")
+            item_id = stored[acked.sha256]
+            stored_file = files_dir / acked.sha256[:2] / acked.sha256[2:4] / f"{acked.sha256}.png"
+            assert stored_file.is_file(), stored_file
+            resp = client.get(f"{API}/images/{item_id}/file")
             assert resp.status_code == 200
             assert hashlib.sha256(resp.content).hexdigest() == acked.sha256
-            resp = client.post(f"{API}/search/text",
-                               json={"query": acked.caption, "k": total, "rerank": False})
+            resp = client.post(f"{API}/search/image", data={"k": "1"},
+                               files={"file": ("q.png", data, "image/png")})
             assert resp.status_code == 200, resp.text
-            return acked.item_id in {h["id"] for h in resp.json()["hits"]}
+            (hit,) = resp.json()["hits"]
+            return bool(hit["id"] == item_id and hit["score"] > 0.999)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         found = list(pool.map(check, ledger.acked.values()))
-    missing = [a for a, ok in zip(ledger.acked.values(), found, strict=True) if not ok]
-    assert not missing, f"acknowledged but not found by their captions: {missing[:5]}"
-    return {"items": total, "vectors": info["vectors"], "found": sum(found)}
+    lost = [a for a, ok in zip(ledger.acked.values(), found, strict=True) if not ok]
+    assert not lost, f"acknowledged but not found by their own image: {lost[:5]}"
+    return {"items": info["items"], "vectors": info["vectors"], "found": sum(found)}
+
+
+def _retry_unanswered(server: LiveServer, ledger: Ledger) -> dict[str, int]:
+    """Send every unanswered upload again: one that was stored before the kill is answered as a
+    duplicate of the stored item, one that was not is stored now; a second send is a duplicate."""
+    before = _stored(server.url)
+    counts = {"retried": 0, "were_stored": 0}
+    with httpx.Client(base_url=server.url, timeout=60.0) as client:
+        for i in ledger.unanswered:
+            data, caption = scene(i)
+            sha = hashlib.sha256(data).hexdigest()
+            answers = []
+            for _ in range(2):
+                resp = client.post(f"{API}/images", data={"caption": caption},
+                                   files={"files": (f"scene{i}.png", data, "image/png")})
+                assert resp.status_code == 201, resp.text
+                answers.append(resp.json()["items"][0])
+            first, second = answers
+            assert first["duplicate"] is (sha in before), (i, first, sha in before)
+            if sha in before:
+                assert first["id"] == before[sha]
+            assert second["duplicate"] is True and second["id"] == first["id"], answers
+            counts["retried"] += 1
+            counts["were_stored"] += sha in before
+    return counts
 
 
 def test_acknowledged_uploads_survive_repeated_kill_9(tmp_path: Path) -> None:
@@ -240,28 +347,41 @@ def test_acknowledged_uploads_survive_repeated_kill_9(tmp_path: Path) -> None:
     t0 = time.monotonic()
     try:
         server.start()
-        for n, kind in enumerate(PLAN):
-            cycle = _run_cycle(server, ledger, kind, rng)
-            db = server.data_dir / "catalog.sqlite3"
-            cycle["integrity_after_kill"] = _integrity(db)
-            assert cycle["integrity_after_kill"] == "ok", cycle
-            planted = _plant_orphans(server.data_dir, n)
-            cycles.append(cycle)
+        for kind in PLAN:
+            for attempt in range(PROOF_TRIES):
+                cycle = _run_cycle(server, ledger, kind, rng)
+                db = server.data_dir / "catalog.sqlite3"
+                cycle["integrity_after_kill"] = _integrity(db)
+                assert cycle["integrity_after_kill"] == "ok", cycle
+                planted = _plant_orphans(server.data_dir, len(cycles))
+                cycle["attempt"] = attempt
+                cycles.append(cycle)
 
-            server.start()  # start-up cleans orphans and temps, replays or rebuilds the index
-            assert not [p for p in planted if p.exists()], "start-up left orphans or temp files"
-            assert not _temps(server.data_dir / "index")
-            info = _info(server.url)
-            assert info["vectors"] == info["items"] >= len(ledger.acked), (info, cycle)
+                server.start()  # start-up cleans orphans and temps, replays or rebuilds the index
+                assert not [p for p in planted if p.exists()], "start-up left orphans or temps"
+                assert not _temps(server.data_dir / "index")
+                info = _info(server.url)
+                assert info["vectors"] == info["items"] >= len(ledger.acked), (info, cycle)
+                if _proven(cycle):
+                    break
+            else:
+                raise AssertionError(f"no {kind!r} kill landed where aimed in {PROOF_TRIES} "
+                                     f"tries: {cycles[-PROOF_TRIES:]}")
 
-        assert sum(c["snapshot_temp_left"] or c["kind"] == "boundary" for c in cycles) >= 1
+        assert any(c["kind"] == "snapshot" and c["snapshot_temp_left"] for c in cycles)
+        assert any(c["kind"] == "delete" and c["delete_in_flight"] for c in cycles)
         result = _verify_all(server, ledger)
+        retried = _retry_unanswered(server, ledger)
         assert _integrity(server.data_dir / "catalog.sqlite3") == "ok"
         # uvicorn re-raises the SIGTERM it handled after a graceful shutdown
         assert server.stop() in (0, -signal.SIGTERM)
         assert _integrity(server.data_dir / "catalog.sqlite3") == "ok"
+        assert not ledger.five_xx, ledger.five_xx[:5]
+        assert not ledger.unexpected, ledger.unexpected[:5]
+        assert result["found"] == len(ledger.acked) > 0
     except BaseException:
         print(server.log_tail())
+        print(f"crash test seed {seed}: rerun with FUSION_CRASH_SEED={seed}")
         raise
     finally:
         server.kill()
@@ -269,11 +389,15 @@ def test_acknowledged_uploads_survive_repeated_kill_9(tmp_path: Path) -> None:
         "seed": seed,
         "cycles": len(cycles),
         "kills_mid_snapshot": sum(c["snapshot_temp_left"] for c in cycles),
+        "kills_mid_delete": sum(c["delete_in_flight"] for c in cycles),
         "acknowledged": len(ledger.acked),
         "found": result["found"],
+        "deleted": len(ledger.deleted),
         "items_after": result["items"],
         "vectors_after": result["vectors"],
-        "unanswered_uploads": ledger.unanswered,
+        "unanswered_uploads": len(ledger.unanswered),
+        "unanswered_uploads_that_were_stored": retried["were_stored"],
+        "unanswered_deletes": ledger.unanswered_deletes,
         "searches": ledger.searches,
         "five_xx": len(ledger.five_xx),
         "seconds": round(time.monotonic() - t0, 1),
@@ -281,6 +405,3 @@ def test_acknowledged_uploads_survive_repeated_kill_9(tmp_path: Path) -> None:
     }
     record("crash", summary)
     print(summary)
-    assert not ledger.five_xx, ledger.five_xx[:5]
-    assert not ledger.unexpected, ledger.unexpected[:5]
-    assert result["found"] == len(ledger.acked) > 0
