@@ -377,7 +377,7 @@
         });
       case "image":
         if (query.file) {
-          return api(`${API}/search/image`, {
+          return api(`${API}/search/image/upload`, {
             method: "POST",
             form: multipart(query.file, { k, target: query.target, tags: tags && tags.join(",") }),
           });
@@ -387,7 +387,7 @@
         });
       case "composed":
         if (query.file) {
-          return api(`${API}/search/composed`, {
+          return api(`${API}/search/composed/upload`, {
             method: "POST",
             form: multipart(query.file, { text: query.text, k, tags: tags && tags.join(",") }),
           });
