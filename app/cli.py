@@ -287,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
 
     # the step counts and sizes left out keep TrainConfig's defaults: the recipe is stated once
     sizes = {k: getattr(args, k) for k in ("encoder_steps", "fusion_steps", "batch", "pool",
-                                           "triplets", "threads")}
+                                           "triplets", "threads", "image_size")}
     cfg = TrainConfig(model=args.backbone, pretrained=args.pretrained, data=args.data,
                       out=args.out, work_dir=args.work_dir,
                       **{k: v for k, v in sizes.items() if v is not None})
@@ -298,11 +298,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from models import load_model
-    from models.evaluate import evaluate
+    from models.evaluate import evaluate, format_table
 
-    model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision)
-    report = evaluate(model, n=args.n, depth=args.depth)
-    print(json.dumps(report, indent=None if args.json else 2))
+    model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision,
+                       image_size=args.image_size)
+    report = evaluate(model, n=args.n, depth=args.depth, ood_split=args.ood_split)
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
@@ -375,10 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", type=int, help="rendered training scenes")
     s.add_argument("--triplets", type=int, help="rendered composed triplets")
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    s.add_argument("--image-size", type=int,
+                   help="input size other than the backbone config's (serve it with the same)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.set_defaults(fn=_train)
 
-    s = sub.add_parser("eval", help="retrieval metrics on the synthetic test split")
+    s = sub.add_parser("eval", help="retrieval metrics in distribution (the synthetic test "
+                                       "split) and out of it (the OOD renderer), side by side")
     s.add_argument("--model", default="fusion-tiny")
     s.add_argument("--pretrained", default=None)
     s.add_argument("--fusion", default=None,
@@ -386,7 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto")
     s.add_argument("--n", type=int, default=1000, help="gallery size")
     s.add_argument("--depth", type=int, default=20, help="re-rank depth")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--image-size", type=int, help="the input size the backbone was trained at")
+    s.add_argument("--ood-split", default="ood-test", choices=["ood-test", "ood-val"],
+                   help="OOD split: ood-test to report, ood-val for choices made after training")
+    s.add_argument("--json", action="store_true", help="the full report as JSON (default: a "
+                                                       "table of every metric, both worlds)")
     s.set_defaults(fn=_eval)
 
     # Its options belong to bench.run and are parsed there (`fusion-search bench --help`).

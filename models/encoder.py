@@ -26,6 +26,9 @@ from safetensors.torch import load_file
 
 from .errors import FusionUnavailable, ModelLoadError
 from .fusion import Batch, FusionConfig, FusionHeads
+from .towers import visual_forward
+
+__all__ = ["DEFAULT_MODEL", "RetrievalModel", "load_model", "rerank_scores", "visual_forward"]
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +71,6 @@ def resolve_dtype(precision: str, device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if native_bf16() else torch.float32
-
-
-def visual_forward(visual: Any, pixels: torch.Tensor,
-                   token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled image features and patch tokens from block ``token_layer`` (-1: the last).
-
-    The last block's patch outputs get no gradient when a ViT is trained through its class
-    token, so fusion heads may read an earlier block's (layer-normed) patch tokens instead.
-    """
-    if token_layer < 0:
-        visual.output_tokens = True
-        pooled, tokens = visual(pixels)
-        return pooled, tokens
-    out = visual.forward_intermediates(pixels, indices=[token_layer], output_fmt="NLC",
-                                       normalize_intermediates=True)
-    return out["image_features"], out["image_intermediates"][0]
 
 
 def plain_text_tower(clip: Any) -> bool:
@@ -264,9 +251,10 @@ class RetrievalModel:
             self.clip.to(dtype)
         else:  # the text tower keeps its own precision; everything else takes ``dtype``
             tower = _text_tower(clip)
-            text = {id(p) for p in tower.parameters()}
-            for p in clip.parameters():
-                if id(p) not in text:
+            text = {id(p) for p in tower.parameters()} | {id(b) for b in tower.buffers()}
+            # buffers too: a CNN's batch-norm statistics must match its weights' precision
+            for p in [*clip.parameters(), *clip.buffers()]:
+                if id(p) not in text and p.is_floating_point():
                     p.data = p.data.to(dtype)
             tower.to(self.text_dtype)
         with torch.inference_mode():
@@ -495,12 +483,15 @@ def load_model(
     precision: str = "auto",
     device: str = "cpu",
     batch_size: int = 64,
+    image_size: int | None = None,
 ) -> RetrievalModel:
     """Load an open_clip model by name with optional weights and fusion heads.
 
     ``pretrained`` is an open_clip tag or a checkpoint file; for a bundled config (``fusion-tiny``)
     the bundled weights are used when it is None.  ``fusion`` is a fusion-head safetensors file
-    (its JSON config beside it, same stem); the bundled one is used when present.
+    (its JSON config beside it, same stem); the bundled one is used when present.  ViT and CNN
+    image towers both work (``models.towers``).  ``image_size`` overrides the config's input
+    size (open_clip's ``force_image_size``; weights must have been trained at that size).
 
     Raises:
         ModelLoadError: unknown model name, unreadable weights, or a tag that needs a download.
@@ -512,7 +503,8 @@ def load_model(
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)  # without weights, the same random model in every process
-            clip = open_clip.create_model(name, pretrained=pretrained, device=device)
+            clip = open_clip.create_model(name, pretrained=pretrained, device=device,
+                                          force_image_size=image_size)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:  # open_clip raises many types for unknown names and bad files
         raise ModelLoadError(f"could not load model {name!r} (pretrained={pretrained}): {exc}") \

@@ -60,6 +60,7 @@ class TrainConfig:
     token_layer: int = -1  # vision block the fusion heads read patch tokens from (-1: last)
     coords: bool = True  # fusion heads see each patch's (x, y) grid position
     mined: int = 24  # captions per stage-2 step whose top-8 dual-encoder hits are match examples
+    image_size: int | None = None  # input size other than the config's (open_clip's override)
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -280,6 +281,16 @@ def object_loss(head: torch.nn.Module, tokens: torch.Tensor, scenes: Sequence[sy
     ]).sum()
 
 
+@torch.no_grad()
+def token_width(clip: Any, pixels: torch.Tensor) -> int:
+    """Width of the image tower's patch tokens (a ViT's width, a CNN's projected cells)."""
+    was_training = clip.training
+    clip.eval()  # a probe must not move a CNN's batch-norm statistics
+    width = int(visual_forward(clip.visual, pixels)[1].shape[-1])
+    clip.train(was_training)
+    return width
+
+
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                   work: Path) -> list[float]:
     """Contrastive training of both towers with multi-positive targets and swapped captions.
@@ -291,7 +302,7 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
     n_cls = len(OBJECT_TYPES) + len(syn.BACKGROUNDS)
     aux = torch.nn.Linear(embed_dim, n_cls + 2 * len(LAYOUT_SLOTS))
     text_aux = torch.nn.Linear(embed_dim, 2 * len(LAYOUT_SLOTS))
-    obj_aux = torch.nn.Linear(clip.visual.transformer.width, sum(OBJECT_CLASSES))
+    obj_aux = torch.nn.Linear(token_width(clip, pool.pixels[:1]), sum(OBJECT_CLASSES))
     params = (list(clip.named_parameters())
               + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
               + [(f"text_aux.{n}", p) for n, p in text_aux.named_parameters()]
@@ -449,7 +460,7 @@ def mined_examples(clip: Any, tokenizer: Any, pool: ScenePool, pool_emb: torch.T
     """
     cand = torch.as_tensor(rng.choice(len(pool), min(len(pool), 4096), replace=False))
     texts, claims = [], []
-    for i in rng.choice(len(pool), n_captions, replace=False):
+    for i in rng.choice(len(pool), min(n_captions, len(pool)), replace=False):
         text, claim = syn.caption(pool.scenes[i], rng)
         texts.append(text)
         claims.append(claim)
@@ -694,7 +705,8 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    clip = open_clip.create_model(cfg.model, pretrained=cfg.pretrained)
+    clip = open_clip.create_model(cfg.model, pretrained=cfg.pretrained,
+                                  force_image_size=cfg.image_size)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     size = open_clip.get_model_preprocess_cfg(clip)["size"]
     size = size if isinstance(size, int) else size[0]
