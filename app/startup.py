@@ -17,6 +17,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .settings import Settings
 
@@ -115,7 +116,7 @@ def _fetch(name: str, tag: str, cfg: dict[str, Any]) -> None:
     offline = bool(constants.HF_HUB_OFFLINE)
     hub, url = str(cfg.get("hf_hub", "")), str(cfg.get("url", ""))
     repo, filename = os.path.split(hub) if hub else ("", os.path.basename(url))
-    source = f"https://huggingface.co/{repo}" if hub else url
+    source = f"{constants.ENDPOINT}/{repo}" if hub else url  # HF_ENDPOINT: a mirror
     filename = filename or "open_clip_pytorch_model.bin"  # open_clip's default name on the hub
 
     def unavailable(reason: str = "") -> StartupError:
@@ -128,6 +129,10 @@ def _fetch(name: str, tag: str, cfg: dict[str, Any]) -> None:
             return
         raise unavailable()
     if not offline:
+        cached = _cached_hub_file(hub, constants.HF_HUB_CACHE)
+        unreachable = None if cached else _unreachable(constants.ENDPOINT if hub else url)
+        if unreachable:
+            raise unavailable(unreachable)
         log.info("fetching the weights of %s (%s) from %s into %s, unless cached", name, tag,
                  source, constants.HF_HUB_CACHE)
     try:
@@ -139,6 +144,34 @@ def _fetch(name: str, tag: str, cfg: dict[str, Any]) -> None:
         raise unavailable()
 
 
+def _cached_hub_file(hub: str, cache: str) -> bool:
+    """Whether the hub cache holds a snapshot of this repo (then no network is needed)."""
+    if not hub:
+        return False
+    repo = os.path.dirname(hub)
+    snapshots = Path(cache) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.glob("*/*"))
+
+
+def _unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why ``url``'s host cannot be reached, or None when it can (or a proxy decides).
+
+    huggingface_hub retries a failed request five times with back-off, for each file name it
+    tries: close to a minute of warnings on a machine without network before the message.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{parts.hostname}:{port} cannot be reached: {exc}"
+    return None
+
+
 def _unavailable(name: str, tag: str, source: str, filename: str, cache: str, offline: bool,
                  reason: str = "") -> str:
     if offline:
@@ -147,8 +180,9 @@ def _unavailable(name: str, tag: str, source: str, filename: str, cache: str, of
                  "download into the cache, under HF_HOME (keep it on a volume so it happens once)")
     else:
         why = f"its weights could not be downloaded from {source} into {cache}"
-        first = ("check that this machine can reach huggingface.co (a proxy: HTTPS_PROXY), "
-                 "then start again: the weights download once into the cache, under HF_HOME")
+        first = (f"check that this machine can reach {urlsplit(source).hostname} (a proxy: "
+                 "HTTPS_PROXY), then start again: the weights download once into the cache, "
+                 "under HF_HOME")
     return (
         f"cannot load model {name!r} with pretrained tag {tag!r}: {why}"
         + (f" ({reason})" if reason and not offline else "") + ".\n"

@@ -8,11 +8,13 @@ start with a message naming the model and tag and the way to mount a file, not a
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from api_support import API, make_settings, scene_png
+from http_checks import free_port
 from serve_support import ServeProcess
 
 from app import cli
@@ -115,6 +117,26 @@ def test_serve_names_the_tag_and_the_way_out_when_offline(tmp_path: Path) -> Non
     assert f"FUSION_MODEL={TAG_MODEL} FUSION_PRETRAINED=/models/" in out  # mount a file instead
     assert "Traceback" not in out
     assert not (tmp_path / "data").exists()
+
+
+def test_serve_names_the_tag_when_the_hub_cannot_be_reached(tmp_path: Path) -> None:
+    """Downloads allowed, but no network: a hub at a closed local port stands for it."""
+    hub = f"http://127.0.0.1:{free_port()}"
+    no_proxy = {v: "" for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")}
+    srv = ServeProcess(tmp_path, FUSION_MODEL=TAG_MODEL, FUSION_PRETRAINED=TAG,
+                       HF_HUB_OFFLINE="0", HF_ENDPOINT=hub, HF_HOME=str(tmp_path / "hf-home"),
+                       **no_proxy)
+    started = time.monotonic()
+    try:
+        assert srv.wait_exit(timeout=300) == 2
+    finally:
+        srv.stop()
+    out = srv.output()
+    assert f"cannot load model '{TAG_MODEL}' with pretrained tag '{TAG}'" in out
+    assert "cannot be reached" in out and hub.removeprefix("http://") in out
+    assert f"FUSION_MODEL={TAG_MODEL} FUSION_PRETRAINED=/models/" in out
+    assert "Traceback" not in out and "Retrying" not in out  # no minute of back-off first
+    assert time.monotonic() - started < 120
 
 
 def test_a_cached_tag_is_used_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
