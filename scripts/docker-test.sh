@@ -28,11 +28,11 @@ if [[ ${FUSION_SKIP_DOCKER:-} == 1 ]]; then
     exit 0
 fi
 
-as_root() {
-    if [[ $(id -u) == 0 ]]; then "$@"
-    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
-    else return 1; fi
-}
+# root runs commands as they are, anyone else through passwordless sudo (or not at all)
+if [[ $(id -u) == 0 ]]; then sudo_=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo_=(sudo -n)
+else sudo_=(false); fi
+as_root() { "${sudo_[@]}" "$@"; }
 
 work=$(mktemp -d /tmp/fusion-docker-test.XXXXXX)
 tag=dt$$
@@ -42,7 +42,7 @@ declare -A timings=()
 cleanup() {
     local rc=$?
     set +e
-    if ((${#containers[@]})); then docker rm -f "${containers[@]}" >/dev/null 2>&1; fi
+    if ((${#containers[@]})); then docker rm -f -v "${containers[@]}" >/dev/null 2>&1; fi
     if ((compose_up)); then compose down -v --remove-orphans >/dev/null 2>&1; fi
     if ((${#volumes[@]})); then docker volume rm "${volumes[@]}" >/dev/null 2>&1; fi
     if [[ -n $mirror_pid ]]; then kill "$mirror_pid" 2>/dev/null; wait "$mirror_pid" 2>/dev/null; fi
@@ -81,7 +81,9 @@ else
     # No init system here: run dockerd ourselves. Without iptables (none in this sandbox) the
     # containers have no route out, and published ports still work through docker-proxy.
     for driver in overlay2 vfs; do
-        as_root dockerd --storage-driver="$driver" --iptables=false --ip-forward=false \
+        # started directly (not through a function, which would fork a subshell): $! is
+        # dockerd's own pid, or sudo's, which passes the TERM signal on
+        "${sudo_[@]}" dockerd --storage-driver="$driver" --iptables=false --ip-forward=false \
             --ip-masq=false >"$work/dockerd.log" 2>&1 &
         dockerd_pid=$!
         for _ in $(seq 60); do
@@ -167,7 +169,21 @@ size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1
 log "built $IMAGE ($size)"
 if [[ -n $mirror_pid ]]; then kill "$mirror_pid"; wait "$mirror_pid" 2>/dev/null || true; mirror_pid=''; fi
 
-# --- 5. run, upload, search, new container on the same volume -------------------------------
+# --- 5. refusals: open writes on the container's network, a pretrained tag without network ---
+refusal() {  # expected text, docker run arguments... -> dies unless the start is refused with it
+    local expected=$1 out rc=0
+    shift
+    out=$(timeout 120 docker run --rm "$@" "$IMAGE" 2>&1) || rc=$?
+    [[ $rc == 2 && $out == *"$expected"* && $out != *Traceback* ]] \
+        || { echo "$out" | tail -20 >&2; die "expected a refused start (status 2) saying '$expected', got status $rc"; }
+}
+refusal "refusing to start: --host 0.0.0.0"
+refusal "cannot load model 'ViT-B-32' with pretrained tag 'laion2b_s34b_b79k'" --network none \
+    -e FUSION_API_KEY=k -e FUSION_MODEL=ViT-B-32 -e FUSION_PRETRAINED=laion2b_s34b_b79k
+log "refused, each with its message: no key on 0.0.0.0; a pretrained tag without network"
+
+# --- 6. run, upload, search, new container on the same volume -------------------------------
+volumes_before=$(docker volume ls -q | sort)
 key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 volume=fusion-$tag-data
 docker volume create "$volume" >/dev/null
@@ -223,17 +239,17 @@ found=$(search_red_circle "$port")
 [[ $found == "$id" ]] || die "text search found $found, expected the upload $id"
 log "uploaded image $id (401 without the key) and found it by text search"
 
-docker rm -f "$cid" >/dev/null
+docker rm -f -v "$cid" >/dev/null
 port=$(free_port)
 start_container "$port"
 wait_healthy "$cid"
 found=$(search_red_circle "$port")
 [[ $found == "$id" ]] || die "after replacing the container: search found $found, expected $id"
 log "a new container on volume $volume finds image $id again"
-docker rm -f "$cid" >/dev/null
+docker rm -f -v "$cid" >/dev/null
 timings[volume]=$SECONDS
 
-# --- 6. docker-compose up -d / down with the project's compose file -------------------------
+# --- 7. docker-compose up -d / down with the project's compose file -------------------------
 cport=$(free_port)
 # Only these settings (a .env in the checkout would otherwise apply): the image just built,
 # a free port, no demo seeding.
@@ -246,11 +262,24 @@ for path in /health / /docs; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cport$path")
     [[ $code == 200 ]] || die "compose: GET $path answered $code"
 done
-log "compose: /health, / and /docs answer 200 on 127.0.0.1:$cport"
+# Swagger UI from the service itself: every script and style /docs names is local and served
+assets=$(curl -fsS "http://127.0.0.1:$cport/docs" \
+    | python3 -c 'import re, sys; print(*re.findall(r"(?:src|href)=\"([^\"]+)\"", sys.stdin.read()))')
+[[ -n $assets ]] || die "compose: /docs names no assets"
+for asset in $assets; do
+    [[ $asset == /* ]] || die "compose: /docs loads $asset from outside the service"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cport$asset")
+    [[ $code == 200 ]] || die "compose: GET $asset (named by /docs) answered $code"
+done
+log "compose: /health, / and /docs (with its $(wc -w <<<"$assets") local assets) answer 200 on 127.0.0.1:$cport"
 compose down -v --remove-orphans >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; die "compose down failed"; }
 compose_up=0
 left=$(docker ps -aq --filter "label=com.docker.compose.project=fusion-$tag")
 [[ -z $left ]] || die "compose down left containers: $left"
 timings[compose]=$SECONDS
+docker volume rm "$volume" >/dev/null
+volumes=()
+left=$(comm -13 <(echo "$volumes_before") <(docker volume ls -q | sort))
+[[ -z $left ]] || die "volumes left behind: $left"
 
 log "passed: engine ${timings[engine]} s, base ${timings[base]} s, build ${timings[build]} s ($size), first healthy ${timings[first_start]} s, volume ${timings[volume]} s, compose ${timings[compose]} s (cumulative)"
