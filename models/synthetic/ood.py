@@ -38,7 +38,7 @@ OOD_SPLIT_SEEDS: dict[str, int] = {"ood-val": 101, "ood-test": 102, "ood-heldout
 #: the dominant axis of two centres' offset must exceed the other by this factor
 DOMINANCE = 1.3
 _GAP = 0.03  # between two objects' bounding circles, fraction of the visible square
-_EDGE = 0.01
+_EDGE = 0.03  # between an object and the visible square's border
 #: two objects' radii sum to at most this (diameters to 0.8 of the visible square), so free
 #: placement has room; a lone object may span up to 0.56
 PAIR_RADII = 0.4

@@ -24,7 +24,7 @@ from .world import BACKGROUNDS, COLORS, Scene
 #: Bounding-circle *diameter* per size class, as a fraction of the visible square's side. The
 #: training renderer's objects span about 0.20-0.27 (small) and 0.37-0.47 (large); these ranges
 #: run across and beyond both, with a gap that keeps "small" and "large" readable.
-OOD_DIAMETER: dict[str, tuple[float, float]] = {"small": (0.13, 0.29), "large": (0.34, 0.56)}
+OOD_DIAMETER: dict[str, tuple[float, float]] = {"small": (0.14, 0.29), "large": (0.34, 0.56)}
 
 # HSV ranges per colour name: (hue degrees lo, hi), (saturation lo, hi), (value lo, hi).
 _HSV = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
@@ -46,8 +46,9 @@ BACKGROUND_HSV: dict[str, _HSV] = {
 }
 assert set(OBJECT_HSV) == set(COLORS) and set(BACKGROUND_HSV) == set(BACKGROUNDS)
 
-#: Shorter canvas side in pixels and long/short aspect ratio.
-CANVAS_SIDE = (40, 160)
+#: Shorter canvas side in pixels and long/short aspect ratio. At the smallest canvas and
+#: object, a shape is still about 7 pixels across: legible, if barely.
+CANVAS_SIDE = (48, 160)
 CANVAS_ASPECT = (1.0, 1.5)
 _OVERSAMPLE = 3
 
@@ -157,18 +158,24 @@ def _background(name: str, w: int, h: int, rng: np.random.Generator) -> np.ndarr
 # ---- objects ----------------------------------------------------------------------------------
 
 
-def _draw_object(canvas: Image.Image, pts: np.ndarray, rgb: tuple[float, float, float],
-                 rng: np.random.Generator) -> Image.Image:
-    """Draw one object on ``canvas`` (RGB, oversampled); return its coverage mask (mode L)."""
+def _draw_object(canvas: Image.Image, unit: np.ndarray, centre: np.ndarray, radius: float,
+                 rgb: tuple[float, float, float], rng: np.random.Generator) -> Image.Image:
+    """Draw one object (``unit``: its outline at radius 1) on ``canvas`` (RGB, oversampled) so
+    that nothing, strokes included, reaches beyond ``radius`` from ``centre``; return its
+    coverage mask (mode L)."""
+    style = rng.choice(["flat", "shaded", "outlined", "stroke"], p=[0.35, 0.3, 0.23, 0.12])
+    line = 0
+    if style == "stroke":
+        line = max(2, int(2 * radius * rng.uniform(0.12, 0.2)))
+    elif style == "outlined":
+        line = max(1, int(2 * radius * rng.uniform(0.04, 0.09)))
+    pts = unit * (radius - line / 2) + centre  # a line is centred on the outline
     poly = [(float(x), float(y)) for x, y in pts]
     mask = Image.new("L", canvas.size, 0)
     ImageDraw.Draw(mask).polygon(poly, fill=255)
-    style = rng.choice(["flat", "shaded", "outlined", "stroke"], p=[0.35, 0.3, 0.23, 0.12])
-    span = max(float(np.ptp(pts[:, 0])), float(np.ptp(pts[:, 1])), 1.0)
     if style == "stroke":  # outline only, a thick line in the object's colour
-        width = max(2, int(span * rng.uniform(0.12, 0.2)))
         ring = Image.new("L", canvas.size, 0)
-        ImageDraw.Draw(ring).line(poly + [poly[0]], fill=255, width=width, joint="curve")
+        ImageDraw.Draw(ring).line(poly + [poly[0]], fill=255, width=line, joint="curve")
         canvas.paste(_shade(rgb, 0.0), mask=ring)
         return ring
     if style == "shaded":  # a linear light-to-dark ramp across the object
@@ -176,10 +183,10 @@ def _draw_object(canvas: Image.Image, pts: np.ndarray, rgb: tuple[float, float, 
         a = float(rng.uniform(0, 2 * np.pi))
         w, h = canvas.size
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        t = ((xx - x0) * math.cos(a) + (yy - y0) * math.sin(a)) / span
+        t = ((xx - x0) * math.cos(a) + (yy - y0) * math.sin(a)) / (2 * radius)
         amount = float(rng.uniform(0.15, 0.3))
-        lo, hi = np.array(_shade(rgb, -amount), np.float32), np.array(_shade(rgb, amount),
-                                                                       np.float32)
+        lo = np.array(_shade(rgb, -amount), np.float32)
+        hi = np.array(_shade(rgb, amount), np.float32)
         tt = np.clip(t, 0, 1)[..., None]
         fill = Image.fromarray((lo * (1 - tt) + hi * tt).astype(np.uint8), "RGB")
         canvas.paste(fill, mask=mask)
@@ -187,8 +194,8 @@ def _draw_object(canvas: Image.Image, pts: np.ndarray, rgb: tuple[float, float, 
         canvas.paste(_shade(rgb, 0.0), mask=mask)
     if style == "outlined":  # a darker (or, for black, lighter) rim
         edge = _shade(rgb, 0.5) if sum(rgb) < 120 else _shade(rgb, -0.55)
-        width = max(1, int(span * rng.uniform(0.04, 0.09)))
-        ImageDraw.Draw(canvas).line(poly + [poly[0]], fill=edge, width=width, joint="curve")
+        ImageDraw.Draw(canvas).line(poly + [poly[0]], fill=edge, width=line, joint="curve")
+        ImageDraw.Draw(mask).line(poly + [poly[0]], fill=255, width=line, joint="curve")
     return mask
 
 
@@ -198,7 +205,7 @@ def _draw_object(canvas: Image.Image, pts: np.ndarray, rgb: tuple[float, float, 
 def _degrade(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     side = min(img.size)
     if rng.random() < 0.5:
-        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2)) * side / 64))
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0)) * side / 64))
     if rng.random() < 0.5:
         arr = np.asarray(img, np.float32) + rng.normal(0, float(rng.uniform(2, 10)),
                                                        (img.height, img.width, 3))
@@ -233,9 +240,8 @@ def draw(scene: Scene, radii: tuple[float, ...], rng: np.random.Generator,
         a = float(rng.uniform(0, 2 * np.pi)) if obj.shape != "circle" else 0.0
         rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
         centre = np.array([left + obj.x * short, top + obj.y * short]) * k
-        pts = (pts @ rot.T) * (r * short * k) + centre
         rgb = _hsv_rgb(OBJECT_HSV[obj.color], rng)
-        m = _draw_object(canvas, pts, rgb, rng)
+        m = _draw_object(canvas, pts @ rot.T, centre, r * short * k, rgb, rng)
         small = m.resize((w, h), Image.Resampling.BOX).crop((left, top, left + short,
                                                                top + short))
         masks.append(np.asarray(small) >= 128)
