@@ -36,7 +36,7 @@ as_root() { "${sudo_[@]}" "$@"; }
 
 work=$(mktemp -d /tmp/fusion-docker-test.XXXXXX)
 tag=dt$$
-containers=() volumes=() compose_up=0 mirror_pid='' dockerd_pid=''
+containers=() volumes=() compose_up=0 mirror_pid='' dockerd_pid='' pip_extra='' pip_trusted=''
 declare -A timings=()
 
 cleanup() {
@@ -122,9 +122,8 @@ else
 fi
 timings[base]=$SECONDS
 
-build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+wanted_index=$TORCH_INDEX
 if curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
-    build_args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
     log "torch wheels: $TORCH_INDEX"
 else
     # This machine's pip may know local mirrors (file:// indexes): serve them on loopback for the
@@ -150,15 +149,18 @@ else
             >"$work/mirror.log" 2>&1 &
         mirror_pid=$!
         for _ in $(seq 40); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.25; done
-        build_args+=(--build-arg "TORCH_INDEX=${torch_url/PORT/$port}"
-                     --build-arg "PIP_EXTRA_INDEX_URL=${extra_urls[*]//PORT/$port}"
-                     --build-arg "PIP_TRUSTED_HOST=127.0.0.1")
-        log "torch wheels: $TORCH_INDEX unreachable; local mirror on 127.0.0.1:$port (pid $mirror_pid)"
+        TORCH_INDEX=${torch_url/PORT/$port} pip_extra=${extra_urls[*]//PORT/$port}
+        pip_trusted=127.0.0.1
+        log "torch wheels: $wanted_index unreachable; local mirror on 127.0.0.1:$port (pid $mirror_pid)"
     else
-        build_args+=(--build-arg "TORCH_INDEX=https://pypi.org/simple")
-        log "torch wheels: $TORCH_INDEX unreachable and no local mirror: PyPI's torch (CUDA build, several GB)"
+        TORCH_INDEX=https://pypi.org/simple
+        log "torch wheels: $wanted_index unreachable and no local mirror: PyPI's torch (CUDA build, several GB)"
     fi
 fi
+
+# The same four for `docker build` and compose's build (so that one finds the other's layers).
+build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX=$TORCH_INDEX"
+            --build-arg "PIP_EXTRA_INDEX_URL=$pip_extra" --build-arg "PIP_TRUSTED_HOST=$pip_trusted")
 
 # --- 4. build -------------------------------------------------------------------------------
 log "building $IMAGE"
@@ -167,7 +169,6 @@ DOCKER_BUILDKIT=0 docker build --network host "${build_args[@]}" -t "$IMAGE" . >
 timings[build]=$SECONDS
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')
 log "built $IMAGE ($size)"
-if [[ -n $mirror_pid ]]; then kill "$mirror_pid"; wait "$mirror_pid" 2>/dev/null || true; mirror_pid=''; fi
 
 # --- 5. refusals: open writes on the container's network, a pretrained tag without network ---
 refusal() {  # expected text, docker run arguments... -> dies unless the start is refused with it
@@ -251,11 +252,21 @@ timings[volume]=$SECONDS
 
 # --- 7. docker-compose up -d / down with the project's compose file -------------------------
 cport=$(free_port)
-# Only these settings (a .env in the checkout would otherwise apply): the image just built,
-# a free port, no demo seeding.
-printf 'FUSION_IMAGE=%s\nFUSION_PORT=%s\nFUSION_DEMO=false\n' "$IMAGE" "$cport" >"$work/compose.env"
+# Only these settings (a .env in the checkout would otherwise apply): the build settings above
+# (so `up --build` finds every layer of the image just built in the cache), a free port, no
+# demo seeding.
+cat >"$work/compose.env" <<EOF
+FUSION_IMAGE=$IMAGE
+FUSION_BASE_IMAGE=$BASE_IMAGE
+FUSION_TORCH_INDEX=$TORCH_INDEX
+FUSION_PIP_EXTRA_INDEX_URL=$pip_extra
+FUSION_PIP_TRUSTED_HOST=$pip_trusted
+FUSION_BUILD_NETWORK=host
+FUSION_PORT=$cport
+FUSION_DEMO=false
+EOF
 compose_up=1
-compose up -d --no-build >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; die "compose up failed"; }
+compose up -d --build >"$work/compose.log" 2>&1 || { tail -30 "$work/compose.log" >&2; die "compose up --build failed"; }
 ccid=$(compose ps -q fusion-search)
 wait_healthy "$ccid"
 for path in /health / /docs; do
