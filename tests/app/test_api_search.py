@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 from api_support import (
     API,
@@ -25,8 +24,6 @@ from api_support import (
 )
 from fastapi.testclient import TestClient
 from http_checks import assert_error
-
-from models.encoder import rerank_scores
 
 HIT_FIELDS = {"id", "score", "match", "caption", "tags", "file_url"}
 
@@ -97,10 +94,13 @@ def test_rerank_flag(gallery: Gallery) -> None:
     assert_hits_well_formed(reranked, gallery)
     for hit in reranked["hits"]:
         assert isinstance(hit["match"], float) and 0.0 <= hit["match"] <= 1.0
-    # the order is the service's blend of the cosine and the match probability, best first
-    blended = rerank_scores(np.array([h["score"] for h in reranked["hits"]]),
-                            np.array([h["match"] for h in reranked["hits"]]))
-    assert np.all(np.diff(blended) <= 1e-3), blended
+    # whatever the blend's weights, a hit better on both the cosine and the match probability
+    # is never ranked below one worse on both (the order itself: test_search_outcomes.py)
+    hits = reranked["hits"]
+    for i, above in enumerate(hits):
+        for below in hits[i + 1:]:
+            assert not (below["score"] > above["score"] and below["match"] > above["match"]), \
+                (above, below)
     # the default re-ranks exactly when the model has trained fusion heads
     assert search_text(gallery.client, query)["reranked"] is info["has_fusion"]
 
