@@ -3,6 +3,7 @@
 from index.catalog import Item
 from index.choice import Thresholds, choose_factory, needs_rebuild, parse_bytes, search_params
 from index.errors import (
+    BadQuery,
     DataDirLocked,
     DimensionMismatch,
     IndexNotReady,
@@ -15,6 +16,7 @@ from index.errors import (
 from index.store import Store, Upload
 
 __all__ = [
+    "BadQuery",
     "DataDirLocked",
     "DimensionMismatch",
     "IndexNotReady",

@@ -7,6 +7,7 @@ from a small pool so threads never share one.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from index import fulltext
 from index.errors import (
     DimensionMismatch,
     ItemNotFound,
@@ -166,6 +168,7 @@ class Catalog:
             if str(mode).lower() != "wal":
                 raise StoreError(f"could not switch {path} to WAL mode (got {mode})")
             self._writer.executescript(_SCHEMA)
+            self._ensure_fts()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
 
@@ -237,6 +240,16 @@ class Catalog:
             finally:  # after the commit: a reader that began before it cannot cache its result
                 self._generation += 1
                 self._tag_ids.clear()
+
+    def _ensure_fts(self) -> None:
+        """Create the full-text table on a catalog written before it existed, filled from the
+        rows already there, in one transaction (a crash leaves the old schema, retried next
+        open)."""
+        with self._write() as conn:
+            if fulltext.exists(conn):
+                return
+            filled = fulltext.create_and_fill(conn)
+            log.info("created the full-text index over %d existing rows", filled)
 
     # -- model -------------------------------------------------------------------------------
 
@@ -314,6 +327,7 @@ class Catalog:
                     "INSERT INTO item_tags(item_id, tag) VALUES (?, ?)",
                     [(item_id, tag) for tag in tags],
                 )
+                fulltext.add_row(conn, item_id, new.caption, tags, new.original_name)
                 items.append(
                     Item(
                         id=item_id,
@@ -343,6 +357,7 @@ class Catalog:
             if row is None:
                 raise ItemNotFound(item_id)
             conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            fulltext.delete_row(conn, item_id)
         return _item(row)
 
     # -- reads -------------------------------------------------------------------------------
@@ -398,6 +413,28 @@ class Catalog:
                 (*args, limit, offset),
             ).fetchall()
         return [_item(r) for r in rows], int(total)
+
+    def keyword_search(
+        self, query: str, limit: int, tags: Sequence[str] = (), syntax: str = "terms"
+    ) -> builtins.list[tuple[int, float]]:
+        """(id, BM25 relevance, higher is better) of rows whose caption, tags or original file
+        name match ``query``, best first, at most ``limit``; only rows carrying every one of
+        ``tags``.
+
+        ``syntax="terms"`` (the default) reads the query as plain words: each one is matched as
+        a quoted phrase (so ``IMG_2041`` matches the file name ``IMG_2041.jpg``, and quotes,
+        ``AND``, ``*`` or ``NEAR(`` are just text), and a row matches when any word does.
+        ``syntax="fts5"`` passes the query to SQLite FTS5 as written (AND/OR/NOT, prefix*,
+        "phrases", NEAR, column filters).
+
+        Raises BadQuery for an FTS5 query that does not parse or an unknown syntax, ValueError
+        for a negative limit.
+        """
+        expression = fulltext.expression(query, syntax)
+        if expression is None:
+            return []
+        with self._read() as conn:
+            return fulltext.search(conn, expression, limit, tags)
 
     def count(self) -> int:
         """Number of rows."""

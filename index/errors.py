@@ -59,5 +59,9 @@ class TokensUnavailable(StoreError):
         self.item_id = item_id
 
 
+class BadQuery(StoreError, ValueError):
+    """A keyword query that cannot be run as written (HTTP 400)."""
+
+
 class DataDirLocked(StoreError):
     """Another process already serves this data dir."""

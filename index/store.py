@@ -581,6 +581,20 @@ class Store:
             return self._exact_search(matrix, k, allow)
         return vectors.search(matrix, k, allow=allow)
 
+    def keyword_search(
+        self, query: str, k: int, tags: Sequence[str] | None = None, syntax: str = "terms"
+    ) -> builtins.list[tuple[int, float]]:
+        """Top-k (id, BM25 relevance) of items whose caption, tags or original file name match
+        ``query`` (see ``index.fulltext.expression`` for the two syntaxes), best first.
+
+        Raises BadQuery for an FTS5 query that does not parse, ValueError for k < 1,
+        IndexNotReady when the store is closed.
+        """
+        self._check_open()
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        return self._catalog.keyword_search(query, k, clean_tags(tags), syntax)
+
     def _exact_search(
         self, matrix: npt.NDArray[np.float32], k: int, allow: Collection[int]
     ) -> builtins.list[Hits]:
