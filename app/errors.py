@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import (
+    BadQuery,
     DataDirLocked,
     DimensionMismatch,
     IndexNotReady,
@@ -71,6 +72,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 _STATUS_BY_TYPE: list[tuple[type[Exception], int, str]] = [
     (ItemNotFound, 404, "not_found"),
+    (BadQuery, 400, "bad_query"),
     (StorageFull, 507, "insufficient_storage"),
     (IndexNotReady, 503, "not_ready"),
     (DimensionMismatch, 409, "dimension_mismatch"),

@@ -65,6 +65,12 @@ class Hit(BaseModel):
     caption: str | None
     tags: list[str]
     file_url: str
+    vector_rank: int | None = Field(
+        None, description="text search: rank in the vector list (after the attention re-rank), "
+        "null when the vector side did not return it or did not run (mode keyword)")
+    keyword_rank: int | None = Field(
+        None, description="text search: rank in the keyword (BM25) list, null when the keyword "
+        "side did not return it or did not run (mode vector)")
 
 
 class SearchResponse(BaseModel):
@@ -72,6 +78,8 @@ class SearchResponse(BaseModel):
     took_ms: float
     reranked: bool
     fusion: str
+    mode: Literal["vector", "keyword", "hybrid"] = "vector"
+    filtered: int = Field(0, description="hits of the top k that min_match / min_score left out")
 
 
 class _SearchBase(BaseModel):
@@ -95,6 +103,18 @@ class TextSearch(_SearchBase):
                        description="free text; longer than the model's context is truncated")
     rerank: bool | None = Field(None, strict=True,
                                 description="attention re-rank (default: on when trained)")
+    mode: Literal["vector", "keyword", "hybrid"] = Field(
+        "vector", description="vector: the dual encoder; keyword: BM25 over captions, tags and "
+        "original file names; hybrid: reciprocal rank fusion of both lists")
+    keyword_syntax: Literal["terms", "fts5"] = Field(
+        "terms", description="terms: the query's words as written (any text is valid); fts5: "
+        "SQLite FTS5 query syntax (AND/OR/NOT, prefix*, \"phrases\", NEAR, tags: beach); "
+        "a syntax error is a 400")
+    min_match: float | None = Field(
+        None, ge=0.0, le=1.0, description="leave out hits whose attention-fusion match "
+        "probability is under this; 0.5 is the measured default of the web page")
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="leave out hits whose cosine is under this")
 
     _clean = field_validator("query")(_clean_text)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index import Item, Store, Upload
+from index import Item, ItemNotFound, Store, Upload
 from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
 from models.encoder import rerank_scores
@@ -34,6 +35,8 @@ class ScoredHit:
     item: Item
     score: float
     match: float | None = None
+    vector_rank: int | None = None
+    keyword_rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,41 @@ class Results:
     hits: list[ScoredHit]
     took_ms: float
     reranked: bool
+    filtered: int = 0  # candidates the relevance cut-off removed
+
+
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+# Reciprocal rank fusion constant (Cormack et al. 2009): 60 keeps one list's top hit from
+# outweighing an item both lists rank well.
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class CutOff:
+    """Relevance cut-off of a text search: hits below either bound are left out."""
+
+    min_match: float | None = None
+    min_score: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.min_match is not None or self.min_score is not None
+
+    def keeps(self, score: float, match: float | None) -> bool:
+        if self.min_score is not None and score < self.min_score:
+            return False
+        return self.min_match is None or (match is not None and match >= self.min_match)
+
+
+def fuse(vector: Sequence[int], keyword: Sequence[int], k: int = RRF_K) -> list[int]:
+    """Reciprocal rank fusion of two ranked id lists: sum of 1/(k + rank) over the lists an id
+    appears in, best first; ties go to the better vector rank, then the keyword rank."""
+    vrank = {i: r for r, i in enumerate(vector, 1)}
+    krank = {i: r for r, i in enumerate(keyword, 1)}
+    fused = {i: sum(1.0 / (k + ranks[i]) for ranks in (vrank, krank) if i in ranks)
+             for i in {*vrank, *krank}}
+    missing = len(vector) + len(keyword) + 1
+    return sorted(fused, key=lambda i: (-fused[i], vrank.get(i, missing), krank.get(i, missing)))
 
 
 class CaptionIndex:
@@ -194,16 +232,68 @@ class SearchService:
         return out
 
     def search_text(self, query: str, k: int, tags: Sequence[str] | None,
-                    rerank: bool | None) -> Results:
+                    rerank: bool | None, mode: str = "vector", cutoff: CutOff | None = None,
+                    keyword_syntax: str = "terms") -> Results:
+        """Text -> image search.
+
+        ``mode``: ``vector`` (the dual encoder, then the attention re-rank), ``keyword`` (BM25
+        over captions, tags and original file names) or ``hybrid`` (reciprocal rank fusion of
+        the re-ranked vector list and the keyword list). ``cutoff`` leaves out hits under its
+        match probability or cosine; ``Results.filtered`` says how many.
+
+        Raises BadQuery for a keyword query that does not parse (``keyword_syntax="fts5"``),
+        ValueError for an unknown mode.
+        """
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"unknown search mode {mode!r}")
         t0 = time.perf_counter()
-        qvec = self.text_encoder.encode_one(query)[None, :]
+        cutoff = cutoff or CutOff()
+        # the keyword query is checked first: a syntax error costs no encoder pass
+        keyword: list[int] = []
         do_rerank = self.model.has_fusion if rerank is None else rerank
         depth = max(k, self.rerank_depth) if do_rerank else k
-        pairs = self.store.search(qvec, depth + 2, tags=tags)[0]
-        match: dict[int, float] | None = None
-        if do_rerank and pairs:
-            pairs, match = self._rerank(query, pairs)
-        return Results(self._hits(pairs, k, match), _ms(t0), do_rerank)
+        if mode != "vector":
+            keyword = [i for i, _ in self.store.keyword_search(
+                query, depth + 2, tags=tags, syntax=keyword_syntax)]
+        qvec = self.text_encoder.encode_one(query)[None, :]
+        pairs: list[tuple[int, float]] = []
+        match: dict[int, float] = {}
+        if mode != "keyword":
+            pairs = self.store.search(qvec, depth + 2, tags=tags)[0]
+            if do_rerank and pairs:
+                pairs, match = self._rerank(query, pairs)
+        vector = [i for i, _ in pairs]
+        order = (vector if mode == "vector" else keyword if mode == "keyword"
+                 else fuse(vector, keyword))
+        score = dict(pairs)
+        missing = [i for i in order if i not in score]
+        if missing:  # keyword-only hits: their cosine from the stored embeddings
+            with contextlib.suppress(ItemNotFound):  # deleted meanwhile: dropped by _hits
+                score.update(zip(missing, (self.store.embeddings(missing) @ qvec[0]).tolist(),
+                                 strict=True))
+        if cutoff.min_match is not None:
+            match.update(self._match(query, [i for i in order if i not in match]))
+        vrank = {i: r for r, i in enumerate(vector, 1)}
+        krank = {i: r for r, i in enumerate(keyword, 1)}
+        ranked = [ScoredHit(it.item, it.score, it.match, vrank.get(it.item.id),
+                            krank.get(it.item.id))
+                  for it in self._hits([(i, score.get(i, 0.0)) for i in order], len(order), match)]
+        kept = [h for h in ranked if cutoff.keeps(h.score, h.match)][:k]
+        filtered = sum(1 for h in ranked[:k] if not cutoff.keeps(h.score, h.match))
+        reranked = do_rerank and mode != "keyword"
+        return Results(kept, _ms(t0), reranked, filtered)
+
+    def _match(self, query: str, ids: list[int]) -> dict[int, float]:
+        """Match probabilities of these items with the query (items without tokens left out)."""
+        if not ids:
+            return {}
+        try:
+            probs = self.model.match(self.store.tokens(ids), [query],
+                                     embeddings=self.store.embeddings(ids))
+        except Exception as exc:  # an item stored without tokens or deleted meanwhile
+            log.info("match skipped: %s", exc)
+            return {}
+        return {i: float(p) for i, p in zip(ids, probs, strict=True)}
 
     def _rerank(self, query: str, pairs: list[tuple[int, float]]
                 ) -> tuple[list[tuple[int, float]], dict[int, float]]:
@@ -216,7 +306,8 @@ class SearchService:
             log.info("re-rank skipped: %s", exc)
             return pairs, {}
         probs = self.model.match(tokens, [query], embeddings=emb)
-        blended = rerank_scores(np.asarray([score for _, score in head]), probs)
+        blended = rerank_scores(np.asarray([score for _, score in head]), probs,
+                                self.model.temperature)
         order = sorted(range(len(head)), key=lambda j: -float(blended[j]))
         return [head[j] for j in order] + pairs[len(head):], \
             {ids[j]: float(probs[j]) for j in range(len(ids))}

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
-
-from index import Item
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError
@@ -25,7 +23,7 @@ from ..schemas import (
     SearchResponse,
     TextSearch,
 )
-from ..service import Results, SearchService
+from ..service import CutOff, Results, ScoredHit, SearchService
 from ..settings import Settings
 from .images import file_url, read_upload
 
@@ -34,17 +32,21 @@ router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[Rea
 M = TypeVar("M", bound=BaseModel)
 
 
-def _hit(request: Request, item: Item, score: float, match: float | None) -> Hit:
-    return Hit(id=item.id, score=round(score, 6),
-               match=None if match is None else round(match, 6),
+def _hit(request: Request, hit: ScoredHit) -> Hit:
+    item = hit.item
+    return Hit(id=item.id, score=round(hit.score, 6),
+               match=None if hit.match is None else round(hit.match, 6),
                caption=item.caption, tags=item.tags,
-               file_url=file_url(request, item.id))
+               file_url=file_url(request, item.id),
+               vector_rank=hit.vector_rank, keyword_rank=hit.keyword_rank)
 
 
-def _response(request: Request, results: Results, fusion: str) -> SearchResponse:
+def _response(request: Request, results: Results, fusion: str,
+              mode: Literal["vector", "keyword", "hybrid"] = "vector") -> SearchResponse:
     return SearchResponse(
-        hits=[_hit(request, h.item, h.score, h.match) for h in results.hits],
-        took_ms=results.took_ms, reranked=results.reranked, fusion=fusion,
+        hits=[_hit(request, h) for h in results.hits],
+        took_ms=results.took_ms, reranked=results.reranked, fusion=fusion, mode=mode,
+        filtered=results.filtered,
     )
 
 
@@ -127,8 +129,10 @@ def _fusion(service: Any) -> str:
 
 @router.post("/search/text", response_model=SearchResponse, summary="Text -> image search")
 def search_text(request: Request, body: TextSearch, service: ServiceDep) -> SearchResponse:
-    results = service.search_text(body.query, body.k, body.tags, body.rerank)
-    return _response(request, results, _fusion(service))
+    results = service.search_text(body.query, body.k, body.tags, body.rerank, mode=body.mode,
+                                  cutoff=CutOff(body.min_match, body.min_score),
+                                  keyword_syntax=body.keyword_syntax)
+    return _response(request, results, _fusion(service), body.mode)
 
 
 async def _image_search(request: Request, service: SearchService, settings: Settings,
