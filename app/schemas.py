@@ -65,6 +65,9 @@ class Hit(BaseModel):
     caption: str | None
     tags: list[str]
     file_url: str
+
+
+class TextHit(Hit):
     vector_rank: int | None = Field(
         None, description="text search: rank in the vector list (after the attention re-rank), "
         "null when the vector side did not return it or did not run (mode keyword)")
@@ -78,8 +81,15 @@ class SearchResponse(BaseModel):
     took_ms: float
     reranked: bool
     fusion: str
-    mode: Literal["vector", "keyword", "hybrid"] = "vector"
-    filtered: int = Field(0, description="hits of the top k that min_match / min_score left out")
+
+
+class TextSearchResponse(BaseModel):
+    hits: list[TextHit]
+    took_ms: float
+    reranked: bool
+    fusion: str
+    mode: Literal["vector", "keyword", "hybrid"]
+    filtered: int = Field(description="hits of the top k that min_match / min_score left out")
 
 
 class _SearchBase(BaseModel):

@@ -21,7 +21,9 @@ from ..schemas import (
     Hit,
     ImageIdSearch,
     SearchResponse,
+    TextHit,
     TextSearch,
+    TextSearchResponse,
 )
 from ..service import CutOff, Results, ScoredHit, SearchService
 from ..settings import Settings
@@ -37,14 +39,21 @@ def _hit(request: Request, hit: ScoredHit) -> Hit:
     return Hit(id=item.id, score=round(hit.score, 6),
                match=None if hit.match is None else round(hit.match, 6),
                caption=item.caption, tags=item.tags,
-               file_url=file_url(request, item.id),
-               vector_rank=hit.vector_rank, keyword_rank=hit.keyword_rank)
+               file_url=file_url(request, item.id))
 
 
-def _response(request: Request, results: Results, fusion: str,
-              mode: Literal["vector", "keyword", "hybrid"] = "vector") -> SearchResponse:
+def _response(request: Request, results: Results, fusion: str) -> SearchResponse:
     return SearchResponse(
         hits=[_hit(request, h) for h in results.hits],
+        took_ms=results.took_ms, reranked=results.reranked, fusion=fusion,
+    )
+
+
+def _text_response(request: Request, results: Results, fusion: str,
+                   mode: Literal["vector", "keyword", "hybrid"]) -> TextSearchResponse:
+    return TextSearchResponse(
+        hits=[TextHit(**_hit(request, h).model_dump(), vector_rank=h.vector_rank,
+                      keyword_rank=h.keyword_rank) for h in results.hits],
         took_ms=results.took_ms, reranked=results.reranked, fusion=fusion, mode=mode,
         filtered=results.filtered,
     )
@@ -127,12 +136,13 @@ def _fusion(service: Any) -> str:
     return "attention" if service.model.has_fusion else "late"
 
 
-@router.post("/search/text", response_model=SearchResponse, summary="Text -> image search")
-def search_text(request: Request, body: TextSearch, service: ServiceDep) -> SearchResponse:
+@router.post("/search/text", response_model=TextSearchResponse,
+             summary="Text -> image search: vector, keyword or hybrid, with a relevance cut-off")
+def search_text(request: Request, body: TextSearch, service: ServiceDep) -> TextSearchResponse:
     results = service.search_text(body.query, body.k, body.tags, body.rerank, mode=body.mode,
                                   cutoff=CutOff(body.min_match, body.min_score),
                                   keyword_syntax=body.keyword_syntax)
-    return _response(request, results, _fusion(service), body.mode)
+    return _text_response(request, results, _fusion(service), body.mode)
 
 
 async def _image_search(request: Request, service: SearchService, settings: Settings,

@@ -26,16 +26,19 @@ from fastapi.testclient import TestClient
 from http_checks import assert_error
 
 HIT_FIELDS = {"id", "score", "match", "caption", "tags", "file_url"}
+TEXT_HIT_FIELDS = HIT_FIELDS | {"vector_rank", "keyword_rank"}  # text search only
 
 
 def assert_hits_well_formed(results: dict[str, Any], gallery: Gallery) -> None:
-    assert set(results) == {"hits", "took_ms", "reranked", "fusion"}
+    text = "mode" in results
+    assert set(results) == {"hits", "took_ms", "reranked", "fusion"} | (
+        {"mode", "filtered"} if text else set())
     assert isinstance(results["took_ms"], float) and results["took_ms"] >= 0
     stored = {it["id"]: it for it in gallery.items.values()}
     ids = hit_ids(results)
     assert len(ids) == len(set(ids)), "a hit is repeated"
     for hit in results["hits"]:
-        assert set(hit) == HIT_FIELDS
+        assert set(hit) == (TEXT_HIT_FIELDS if text else HIT_FIELDS)
         item = stored[hit["id"]]
         assert (hit["caption"], hit["tags"], hit["file_url"]) == (
             item["caption"], item["tags"], item["file_url"])

@@ -102,8 +102,12 @@ def test_generated_client_round_trip(server: ServeProcess, client_package: Modul
     # text search, filtered to the uploads
     found = search["search_text"].sync(client=client, body=models.TextSearch(
         query=scene(0).caption, k=5, tags=[TAG]))
-    assert isinstance(found, models.SearchResponse)
+    assert isinstance(found, models.TextSearchResponse)
     assert sorted(h.id for h in found.hits) == sorted(ids.values())
+    by_name = search["search_text"].sync(client=client, body=models.TextSearch(
+        query="scene2.png", k=5, tags=[TAG], mode=models.TextSearchMode.KEYWORD))
+    assert isinstance(by_name, models.TextSearchResponse)
+    assert [(h.id, h.keyword_rank) for h in by_name.hits] == [(ids[2], 1)]
 
     # image search by an uploaded file: the same pixels come first
     by_file = search["search_image_upload"].sync(client=client, body=models.ImageUploadSearch(
