@@ -77,6 +77,8 @@ compose() { "${compose_cmd[@]}" -p "fusion-$tag" --env-file "$work/compose.env" 
 # --- 2. the engine --------------------------------------------------------------------------
 if docker info >/dev/null 2>&1; then
     log "using the running Docker engine"
+elif [[ ${sudo_[0]:-} == false ]]; then
+    die "no Docker engine answers ($(docker info 2>&1 | grep -m1 -iE 'cannot|permission|error' || true)) and this user cannot start one (not root, no passwordless sudo). Set FUSION_SKIP_DOCKER=1 to skip explicitly."
 else
     # No init system here: run dockerd ourselves. Without iptables (none in this sandbox) the
     # containers have no route out, and published ports still work through docker-proxy.
@@ -95,7 +97,8 @@ else
             log "started dockerd (pid $dockerd_pid, storage driver $driver)"
             break
         fi
-        as_root kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
+        as_root kill "$dockerd_pid" 2>/dev/null || true
+        wait "$dockerd_pid" 2>/dev/null || true
         dockerd_pid=''
     done
     if [[ -z $dockerd_pid ]]; then
