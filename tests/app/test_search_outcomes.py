@@ -91,6 +91,11 @@ def test_rerank_puts_the_true_scene_above_its_swapped_twin(world: tuple[Http, Wo
         match = {h["id"]: h["match"] for h in hits}
         assert match[true_id] > match[twin_id], (pair.caption, match)
         assert all(0.0 <= m <= 1.0 for m in match.values())
+        # the page shows this probability on the hit and again under "why this hit": one figure
+        for item_id in (true_id, twin_id):
+            why = client.post(f"{API}/explain", json={"image_id": item_id, "text": pair.caption})
+            assert why.status_code == 200, why.text
+            assert why.json()["probability"] == pytest.approx(match[item_id], abs=2e-3)
     # Without such a case re-ranking could be switched off and this test would not notice.
     assert cosine_wrong, "the gallery needs a twin that the cosine alone ranks first"
 
@@ -100,7 +105,11 @@ def test_composed_search_finds_the_modified_scene(world: tuple[Http, World]) -> 
     firsts: dict[int, set[int]] = {}
     for mod in w.modifications:
         ref = w.id_of(mod.reference)
-        hits = search(client, "composed", image_id=ref, text=mod.text, k=K)
+        resp = client.post(f"{API}/search/composed",
+                           json={"image_id": ref, "text": mod.text, "k": K})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["reranked"] is False  # composed queries are not re-ranked
+        hits = resp.json()["hits"]
         assert ref not in ids(hits)
         assert hits[0]["id"] == w.id_of(mod.target), (mod.text, w.entry_of(hits[0]["id"]))
         firsts.setdefault(ref, set()).add(hits[0]["id"])
@@ -147,7 +156,6 @@ def test_explain_prefers_the_true_caption_and_looks_at_the_object(
         assert right.status_code == wrong.status_code == 200, right.text  # never 409 here
         r, f = right.json(), wrong.json()
         assert r["probability"] > f["probability"], (entry.caption, say(twin), r, f)
-        assert r["probability"] > 0.5 > f["probability"], (entry.caption, r["probability"])
         cells = object_cells(entry.scene, r["rows"])
         assert (r["rows"], r["cols"]) == (8, 8) and cells.any()
         share = _mass_on(r["grid"], cells)
