@@ -271,6 +271,8 @@ EOF
 compose_up=1
 compose up -d --build >"$work/compose.log" 2>&1 || { tail -30 "$work/compose.log" >&2; die "compose up --build failed"; }
 ccid=$(compose ps -q fusion-search)
+published=$(docker port "$ccid" 8000/tcp)
+[[ $published == "127.0.0.1:$cport" ]] || die "compose publishes port 8000 on '$published', expected 127.0.0.1:$cport only"
 wait_healthy "$ccid"
 for path in /health / /docs; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cport$path")
