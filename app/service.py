@@ -72,13 +72,15 @@ class CutOff:
 
 def fuse(vector: Sequence[int], keyword: Sequence[int], k: int = RRF_K) -> list[int]:
     """Reciprocal rank fusion of two ranked id lists: sum of 1/(k + rank) over the lists an id
-    appears in, best first; ties go to the better vector rank, then the keyword rank."""
+    appears in, best first. Ties go to the better keyword rank, then the vector rank: the
+    keyword side's first (every word of the query in its metadata) ties with the vector side's
+    first, and the vector side returns a first hit for any query at all."""
     vrank = {i: r for r, i in enumerate(vector, 1)}
     krank = {i: r for r, i in enumerate(keyword, 1)}
     fused = {i: sum(1.0 / (k + ranks[i]) for ranks in (vrank, krank) if i in ranks)
              for i in {*vrank, *krank}}
     missing = len(vector) + len(keyword) + 1
-    return sorted(fused, key=lambda i: (-fused[i], vrank.get(i, missing), krank.get(i, missing)))
+    return sorted(fused, key=lambda i: (-fused[i], krank.get(i, missing), vrank.get(i, missing)))
 
 
 class CaptionIndex:

@@ -18,6 +18,8 @@ __all__ = ["SYNTAXES", "expression", "search"]
 
 TABLE = "items_fts"
 SYNTAXES = ("terms", "fts5")
+MAX_TERMS = 32
+NEAR_GAP = 4
 _SCHEMA = (
     f"CREATE VIRTUAL TABLE {TABLE} USING fts5("
     "caption, tags, original_name, tokenize = 'unicode61 remove_diacritics 2')"
@@ -61,19 +63,28 @@ def delete_row(conn: sqlite3.Connection, item_id: int) -> None:
 def expression(query: str, syntax: str = "terms") -> str | None:
     """The FTS5 MATCH expression for a user's query (None: no word to look for).
 
-    ``terms`` (the default) reads the query as plain words: each is matched as a quoted phrase
-    (so ``IMG_2041`` matches the file name ``IMG_2041.jpg``, and ``"``, ``AND``, ``*`` or
-    ``NEAR(`` are only text), and a row matches when any word does; BM25 ranks rows matching
-    more and rarer words first. ``fts5`` passes the query to FTS5 as written (AND/OR/NOT,
-    prefix*, "phrases", NEAR, column filters such as ``tags: beach``).
+    ``terms`` (the default) reads the query as plain words, each matched as a quoted phrase (so
+    ``IMG_2041`` matches the file name ``IMG_2041.jpg``, and ``"``, ``AND``, ``*`` or ``NEAR(``
+    are only text). A row matches when it holds every word (the first MAX_TERMS), either
+    close together in its caption (at most NEAR_GAP other words between consecutive ones) or
+    with at least one of them in its tags or file name: "Maria school" finds "drawn by Maria at
+    the school" and a photo tagged maria captioned "school trip", while "a blue cross" does
+    not find "a big red cross and a little blue circle" (measured in docs/search-quality.md:
+    scattered words in descriptive captions were what made keyword hits wrong). BM25 ranks
+    the matches. ``fts5`` passes the query to FTS5 as written (AND/OR/NOT, prefix*,
+    "phrases", NEAR, column filters such as ``tags: beach``).
 
     Raises BadQuery for an unknown syntax or an FTS5 expression that does not parse.
     """
     if syntax == "terms":
-        words = query.replace("\x00", " ").split()
+        words = query.replace("\x00", " ").split()[:MAX_TERMS]
         if not words:
             return None
-        return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        phrases = ['"' + w.replace('"', '""') + '"' for w in words]
+        if len(phrases) == 1:
+            return phrases[0]
+        every = " AND ".join(phrases)
+        return f"NEAR({' '.join(phrases)}, {NEAR_GAP}) OR (({every}) NOT caption : ({every}))"
     if syntax == "fts5":
         if not query.strip():
             return None
