@@ -1,4 +1,5 @@
-"""The `fusion-search` command: serve, ingest, backup, reembed, demo-data, train, eval, bench."""
+"""The `fusion-search` command: serve, ingest, backup, reembed, demo-data, train, eval,
+calibrate, bench."""
 
 from __future__ import annotations
 
@@ -307,6 +308,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from models import load_model
+    from models.calibrate import calibrate, write_temperature
+    from models.encoder import bundled_paths
+
+    model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision)
+    result = calibrate(model, n=args.n, depth=args.depth,
+                       plot_path=Path(args.plot) if args.plot else None)
+    target = (Path(args.fusion.replace(".safetensors", ".json")) if args.fusion
+              else bundled_paths(args.model)[2])
+    if args.write:
+        write_temperature(target, result)
+    print(json.dumps({**result, "written_to": str(target) if args.write else None}))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     # bench/ is imported only here, when the sub-command runs: the service, the other
     # commands and `--help` start without it (it need not even be installed).
@@ -396,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="the full report as JSON (default: a "
                                                        "table of every metric, both worlds)")
     s.set_defaults(fn=_eval)
+
+    s = sub.add_parser("calibrate", help="fit the match head's temperature on the OOD "
+                                            "validation split; reliability diagrams (PNG)")
+    s.add_argument("--model", default="fusion-tiny")
+    s.add_argument("--pretrained", default=None)
+    s.add_argument("--fusion", default=None, help="fusion-head safetensors (default: bundled)")
+    s.add_argument("--precision", default="auto")
+    s.add_argument("--n", type=int, default=1000, help="gallery size of each split")
+    s.add_argument("--depth", type=int, default=20, help="candidates per query (re-rank depth)")
+    s.add_argument("--plot", default="docs/reliability.png")
+    s.add_argument("--write", action="store_true",
+                   help="record the temperature in the fusion heads' JSON file")
+    s.set_defaults(fn=_calibrate)
 
     # Its options belong to bench.run and are parsed there (`fusion-search bench --help`).
     s = sub.add_parser("bench", add_help=False,

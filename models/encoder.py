@@ -199,10 +199,16 @@ RERANK_COS = 30.0
 RERANK_MATCH = 0.5
 
 
-def rerank_scores(cosines: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Blend dual-encoder cosines with attention-fusion match probabilities (higher is better)."""
-    p = np.clip(np.asarray(probs, np.float64), 1e-6, 1 - 1e-6)
-    return RERANK_COS * np.asarray(cosines, np.float64) + RERANK_MATCH * np.log(p / (1 - p))
+def rerank_scores(cosines: np.ndarray, probs: np.ndarray, temperature: float = 1.0
+                  ) -> np.ndarray:
+    """Blend dual-encoder cosines with attention-fusion match probabilities (higher is better).
+
+    ``temperature`` is the one ``probs`` were calibrated with (``RetrievalModel.temperature``):
+    the blend reads the raw logit back, so calibration never changes the order of the hits.
+    """
+    p = np.clip(np.asarray(probs, np.float64), 1e-9, 1 - 1e-9)
+    return (RERANK_COS * np.asarray(cosines, np.float64)
+            + RERANK_MATCH * temperature * np.log(p / (1 - p)))
 
 
 def bundled_paths(name: str) -> tuple[Path, Path, Path]:
@@ -279,6 +285,16 @@ class RetrievalModel:
     @property
     def has_fusion(self) -> bool:
         return self.fusion is not None
+
+    @property
+    def temperature(self) -> float:
+        """The match head's calibration temperature (``models.calibrate``; 1.0 if none)."""
+        return float(getattr(self.fusion, "temperature", 1.0))
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Match probabilities from raw match logits: ``sigmoid(logit / T + bias)``."""
+        bias = float(getattr(self.fusion, "match_bias", 0.0))
+        return torch.sigmoid(logits / self.temperature + bias)
 
     @property
     def precision(self) -> str:
@@ -415,7 +431,8 @@ class RetrievalModel:
     def match(
         self, tokens: np.ndarray, texts: Sequence[str], embeddings: np.ndarray | None = None
     ) -> np.ndarray:
-        """(N,) attention-fusion match probability of each image (as tokens) with its text.
+        """(N,) attention-fusion match probability of each image (as tokens) with its text,
+        calibrated by the head's temperature (``models.calibrate``).
 
         ``texts`` has N entries, or one that is paired with every image.  Without fusion weights
         this falls back to late fusion, which needs ``embeddings``.
@@ -427,7 +444,7 @@ class RetrievalModel:
             return ((embeddings * t).sum(-1) + 1.0) / 2.0
         emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
         b = self._fusion_batch(tokens, emb, texts)
-        return torch.sigmoid(self.fusion.score(FUSION_KIND, b)).numpy()
+        return self.calibrated(self.fusion.score(FUSION_KIND, b)).numpy()
 
     @torch.inference_mode()
     def compose_from(
@@ -455,7 +472,8 @@ class RetrievalModel:
         b = self._fusion_batch(tokens[None], embedding[None], [text])
         head = self.fusion.heads[FUSION_KIND]
         feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
-        prob = float(torch.sigmoid(head.score_from(feat, b)).squeeze())  # type: ignore[operator]
+        logit = head.score_from(feat, b)  # type: ignore[operator]
+        prob = float(self.calibrated(logit).squeeze())
         w = weights[0].float().numpy() if weights is not None else np.zeros(tokens.shape[0])
         side = int(math.isqrt(len(w)))
         grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
@@ -472,6 +490,9 @@ def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load fusion weights {path}: {exc}") from exc
     heads.composes = bool(meta.get("compose", True))
+    calibration = meta.get("calibration", {})
+    heads.temperature = float(calibration.get("temperature", 1.0))
+    heads.match_bias = float(calibration.get("bias", 0.0))
     return heads.float()
 
 

@@ -143,6 +143,14 @@ def _compose(model: RetrievalModel, kind: str, tokens: np.ndarray, emb: np.ndarr
     return np.concatenate(out)
 
 
+def reliability_ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of match probabilities against true/false labels."""
+    idx = np.clip((probs * bins).astype(int), 0, bins - 1)
+    err = sum(abs(probs[idx == b].mean() - labels[idx == b].mean()) * np.mean(idx == b)
+              for b in range(bins) if np.any(idx == b))
+    return _r(err)
+
+
 def _kinds(model: RetrievalModel) -> list[str]:
     return list(model.fusion.heads) if model.fusion is not None else []
 
@@ -193,8 +201,10 @@ def retrieval(model: RetrievalModel, world: World, n: int, depth: int) -> dict[s
     for kind in _kinds(model):
         assert tb is not None
         logits = pair_logits(model, kind, tok, emb, rows, cols, tb).reshape(cand.shape)
-        probs = 1.0 / (1.0 + np.exp(-logits))
-        blended = rerank_scores(np.take_along_axis(sims, cand, 1), probs)
+        probs = model.calibrated(torch.from_numpy(logits)).numpy()  # what `match` returns
+        blended = rerank_scores(np.take_along_axis(sims, cand, 1), probs, model.temperature)
+        if kind == FUSION_KIND:  # how well the served probabilities are calibrated here
+            out["match_ece"] = reliability_ece(probs.ravel(), rel[cols, rows])
         order = np.argsort(-blended, axis=1, kind="stable")
         rerank[kind] = _r(recall_at(np.take_along_axis(cand, order, 1), rel, 1))
     out["t2i_r1_rerank"] = rerank.get(FUSION_KIND, out["t2i_r1"])

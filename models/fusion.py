@@ -299,6 +299,8 @@ class FusionHeads(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.composes = True  # False for heads trained without composed triplets
+        self.temperature = 1.0  # the match head's calibration (models.calibrate)
+        self.match_bias = 0.0
         self.heads = nn.ModuleDict({k: HEADS[k](cfg) for k in kinds})
 
     def score(self, kind: str, b: Batch) -> torch.Tensor:

@@ -84,8 +84,8 @@ class ClaimParser:
         labels = re.fullmatch(r"(left|top): (.+); (right|bottom): (.+)", t)
         if labels:
             (d0,), (d1,) = self._objects(labels.group(2))[0], self._objects(labels.group(4))[0]
-            rel = "left of" if labels.group(1) == "left" else "above"
-            return syn.Claim((d0, d1), rel, background)
+            said = "left of" if labels.group(1) == "left" else "above"
+            return syn.Claim((d0, d1), said, background)
         descs, rel, anaphor, rel_first = self._objects(t)
         if len(descs) == 2 and rel is not None and (anaphor or rel_first):
             descs = [descs[1], descs[0]]

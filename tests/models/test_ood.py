@@ -40,7 +40,7 @@ def _scenes(n: int, seed: int = 5) -> list[ood.OodScene]:
 
 def test_objects_sit_where_the_scene_says_and_relations_follow_their_centres() -> None:
     rng = np.random.default_rng(0)
-    checked = Counter()
+    checked: Counter[str | None] = Counter()
     for s in _scenes(150):
         drawn = draw(s.scene, s.radii, rng, clean=True)
         side = drawn.crop[2] - drawn.crop[0]
@@ -117,7 +117,7 @@ def test_every_query_is_true_of_its_image_and_half_are_worded_the_held_out_way()
 
 
 def test_triplets_change_exactly_what_their_text_asks() -> None:
-    kinds = Counter()
+    kinds: Counter[str] = Counter()
     for i in range(120):
         ref_img, text, tgt_img, ref, tgt, kind = ood.ood_triplet("ood-test", i)
         kinds[kind] += 1
@@ -160,7 +160,7 @@ def test_training_phrasings_parse_to_their_claims(parser: ClaimParser) -> None:
 
 def test_held_out_phrasings_parse_to_the_same_claims(parser: ClaimParser) -> None:
     rng = np.random.default_rng(3)
-    forms = Counter()
+    forms: Counter[str] = Counter()
     for i in range(800):
         ex = syn.example("val", i, size=8)
         claims = [ex.claim, syn.full_claim(ex.scene)]
