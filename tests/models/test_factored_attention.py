@@ -35,7 +35,7 @@ def test_rerank_scores_and_explanations_unchanged() -> None:
     fast = model.match(tok, [query], embeddings=emb)  # inference mode: factored path
     with torch.enable_grad():  # the module path, as in training
         b = model._fusion_batch(tok, emb, [query])
-        slow = torch.sigmoid(model.fusion.score("attention", b)).detach().numpy()
+        slow = model.calibrated(model.fusion.score("attention", b)).detach().numpy()
     np.testing.assert_allclose(fast, slow, atol=1e-5)
     assert int(np.argmax(fast)) == int(np.argmax(slow))
     grid = np.asarray(model.explain(tok[0], emb[0], query)["grid"])

@@ -108,3 +108,26 @@ def test_open_clip_checkpoint_file_loads_through_pretrained(tmp_path: Path) -> N
     emb = m.encode_images([img])
     assert m.match(np.zeros((1, 49, 768), np.float16), ["a red circle"], embeddings=emb).shape \
         == (1,)
+
+
+def test_match_is_the_calibrated_probability_and_rerank_order_ignores_calibration(
+        model) -> None:
+    import torch
+
+    from models.encoder import rerank_scores
+
+    assert model.temperature > 1.0  # fitted on ood-val (models/calibrate.py), bundled
+    exs = syn.examples("test", 8)
+    emb, tok = model.encode_images_with_tokens([e.image for e in exs])
+    query = exs[0].caption
+    probs = model.match(tok, [query], embeddings=emb)
+    with torch.inference_mode():
+        raw = model.fusion.score("attention", model._fusion_batch(tok, emb, [query])).numpy()
+    bias = model.fusion.match_bias
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-(raw / model.temperature + bias))),
+                               atol=1e-5)
+    cos = (emb @ model.encode_texts([query])[0]).astype(np.float64)
+    served = rerank_scores(cos, probs, model.temperature)
+    uncalibrated = rerank_scores(cos, 1 / (1 + np.exp(-raw.astype(np.float64))))
+    # the same scores up to one constant per query: the same order of hits
+    np.testing.assert_allclose(served - uncalibrated, (served - uncalibrated)[0], atol=1e-3)
