@@ -68,6 +68,8 @@ class Hit(BaseModel):
 
 
 class TextHit(Hit):
+    original_name: str | None = Field(
+        None, description="the uploaded file's name (keyword search matches it)")
     vector_rank: int | None = Field(
         None, description="text search: rank in the vector list (after the attention re-rank), "
         "null when the vector side did not return it or did not run (mode keyword)")
@@ -122,7 +124,8 @@ class TextSearch(_SearchBase):
         "a syntax error is a 400")
     min_match: float | None = Field(
         None, ge=0.0, le=1.0, description="leave out hits whose attention-fusion match "
-        "probability is under this; 0.5 is the measured default of the web page")
+        "probability is under this (the web page hides hits under 0.3, the threshold chosen "
+        "on the val split in docs/search-quality.md)")
     min_score: float | None = Field(
         None, ge=-1.0, le=1.0, description="leave out hits whose cosine is under this")
 

@@ -52,8 +52,9 @@ def _response(request: Request, results: Results, fusion: str) -> SearchResponse
 def _text_response(request: Request, results: Results, fusion: str,
                    mode: Literal["vector", "keyword", "hybrid"]) -> TextSearchResponse:
     return TextSearchResponse(
-        hits=[TextHit(**_hit(request, h).model_dump(), vector_rank=h.vector_rank,
-                      keyword_rank=h.keyword_rank) for h in results.hits],
+        hits=[TextHit(**_hit(request, h).model_dump(), original_name=h.item.original_name,
+                      vector_rank=h.vector_rank, keyword_rank=h.keyword_rank)
+              for h in results.hits],
         took_ms=results.took_ms, reranked=results.reranked, fusion=fusion, mode=mode,
         filtered=results.filtered,
     )

@@ -7,6 +7,10 @@
   const PAGE = 24;
   const MAX_K = 1000;
   const KEY_STORE = "fusion-search.apiKey";
+  // Hits under this match probability are hidden behind "show weaker matches": the threshold
+  // with the best F1 of kept hits on the val split (docs/search-quality.md); re-measure it
+  // (python -m bench.quality_search cutoff) when the match head or its calibration changes.
+  const MIN_MATCH = 0.3;
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -20,6 +24,9 @@
     textForm: $("text-form"),
     q: $("q"),
     rerank: $("rerank"),
+    searchMode: $("search-mode"),
+    cutoff: $("cutoff"),
+    showWeaker: $("show-weaker"),
     tagFilter: $("tag-filter"),
     browse: $("browse"),
     imageForm: $("image-form"),
@@ -59,6 +66,8 @@
     reference: null, // {id, url, caption} or {file, url}
     blobUrls: [],
     referenceBlobUrl: null,
+    weak: 0, // hits under MIN_MATCH in the grid
+    showWeak: false,
   };
 
   // ---- API -------------------------------------------------------------------------------
@@ -269,6 +278,8 @@
   function clearGrid() {
     els.results.replaceChildren();
     state.shown.clear();
+    state.weak = 0;
+    state.showWeak = false;
     for (const u of state.blobUrls) URL.revokeObjectURL(u);
     state.blobUrls = [];
     els.empty.hidden = true;
@@ -307,6 +318,15 @@
       match.title = "attention-fusion match probability (re-rank)";
       match.hidden = false;
     }
+    const ranks = li.querySelector(".ranks");
+    const sides = [];
+    if (item.vector_rank) sides.push(`picture #${item.vector_rank}`);
+    if (item.keyword_rank) sides.push(`words #${item.keyword_rank}`);
+    if (sides.length && state.query && state.query.searchMode === "hybrid") {
+      ranks.textContent = sides.join(" · ");
+      ranks.title = "rank in the picture (vector) list and in the words (keyword) list";
+      ranks.hidden = false;
+    }
 
     const tags = li.querySelector(".tags");
     for (const t of item.tags || []) {
@@ -331,6 +351,11 @@
     return li;
   }
 
+  function isWeak(item) {
+    return Boolean(state.query && state.query.cutoff) && typeof item.match === "number"
+      && item.match < MIN_MATCH;
+  }
+
   function appendItems(items, numbered) {
     const frag = document.createDocumentFragment();
     let rank = state.shown.size;
@@ -338,11 +363,35 @@
       if (state.shown.has(item.id)) continue;
       state.shown.add(item.id);
       rank += 1;
-      frag.append(card(item, numbered ? rank : 0));
+      const li = card(item, numbered ? rank : 0);
+      if (isWeak(item)) {
+        li.classList.add("weak");
+        li.dataset.weak = "true";
+        li.hidden = !state.showWeak;
+        state.weak += 1;
+      }
+      frag.append(li);
     }
     els.results.append(frag);
-    els.empty.hidden = state.shown.size > 0;
+    showWeakToggle();
   }
+
+  function showWeakToggle() {
+    const visible = state.shown.size - (state.showWeak ? 0 : state.weak);
+    els.empty.hidden = visible > 0;
+    els.empty.textContent = state.weak && !state.showWeak
+      ? "No strong matches." : "Nothing found.";
+    els.showWeaker.hidden = state.weak === 0;
+    els.showWeaker.setAttribute("aria-pressed", String(state.showWeak));
+    els.showWeaker.textContent = state.showWeak
+      ? "Hide weaker matches" : `Show ${state.weak} weaker ${state.weak === 1 ? "match" : "matches"}`;
+  }
+
+  els.showWeaker.addEventListener("click", () => {
+    state.showWeak = !state.showWeak;
+    for (const li of els.results.querySelectorAll('[data-weak="true"]')) li.hidden = !state.showWeak;
+    showWeakToggle();
+  });
 
   // ---- searching and browsing ------------------------------------------------------------
 
@@ -373,7 +422,11 @@
     switch (query.mode) {
       case "text":
         return api(`${API}/search/text`, {
-          method: "POST", json: { query: query.text, k, tags, rerank: query.rerank },
+          method: "POST",
+          // min_match 0 keeps every hit but has each one scored by the match head, keyword
+          // hits included; the page hides those under MIN_MATCH behind "show weaker matches"
+          json: { query: query.text, k, tags, rerank: query.rerank, mode: query.searchMode,
+                  min_match: query.cutoff ? 0 : undefined },
         });
       case "image":
         if (query.file) {
@@ -430,9 +483,10 @@
         appendItems(data.hits, true);
         state.k = k;
         els.loadMore.hidden = data.hits.length < k || k >= MAX_K;
-        const n = state.shown.size;
+        const n = state.shown.size - state.weak;
         const how = data.reranked ? `, re-ranked (${data.fusion} fusion)` : "";
-        setStatus(`${n} ${n === 1 ? "hit" : "hits"} in ${Math.round(data.took_ms)} ms${how}`);
+        const weak = state.weak ? ` (${state.weak} weaker hidden)` : "";
+        setStatus(`${n} ${n === 1 ? "hit" : "hits"}${weak} in ${Math.round(data.took_ms)} ms${how}`);
         if (more && state.shown.size === before) els.loadMore.hidden = true;
       }
       for (const id of highlight) {
@@ -461,7 +515,8 @@
   }
 
   function textSearch(text) {
-    const query = { mode: "text", text, tags: filterTags(), rerank: els.rerank.checked };
+    const query = { mode: "text", text, tags: filterTags(), rerank: els.rerank.checked,
+                    searchMode: els.searchMode.value, cutoff: els.cutoff.checked };
     try {
       const url = new URL(window.location.href);
       url.searchParams.set("q", text);
@@ -496,6 +551,11 @@
   els.rerank.addEventListener("change", () => {
     if (state.query && state.query.mode === "text") textSearch(state.query.text);
   });
+  for (const control of [els.searchMode, els.cutoff]) {
+    control.addEventListener("change", () => {
+      if (state.query && state.query.mode === "text") textSearch(state.query.text);
+    });
+  }
 
   els.tagFilter.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter") {

@@ -58,6 +58,7 @@ def test_keyword_finds_a_file_name_a_caption_name_and_a_tag(client: TestClient) 
     assert _ids(answer) == [12]
     hit = answer["hits"][0]
     assert (hit["keyword_rank"], hit["vector_rank"]) == (1, None)
+    assert hit["original_name"] == "IMG_2041.png"
     assert -1.0 <= hit["score"] <= 1.0 and hit["score"] != 0.0  # the image's real cosine
     assert answer["reranked"] is False
     assert _ids(_search(client, "maria", mode="keyword")) == [4]

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from http_checks import assert_error
 
 HIT_FIELDS = {"id", "score", "match", "caption", "tags", "file_url"}
-TEXT_HIT_FIELDS = HIT_FIELDS | {"vector_rank", "keyword_rank"}  # text search only
+TEXT_HIT_FIELDS = HIT_FIELDS | {"original_name", "vector_rank", "keyword_rank"}  # text only
 
 
 def assert_hits_well_formed(results: dict[str, Any], gallery: Gallery) -> None:

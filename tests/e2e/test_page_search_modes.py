@@ -1,0 +1,171 @@
+"""The page's search modes and relevance cut-off in a real browser (Debian's chromium,
+Playwright) against a real server with the bundled model and the demo collection."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_page import (
+    Browser,
+    Page,
+    Server,
+    _new_page,
+    expect,
+    open_home,
+    result_ids,
+    spawn_server,
+    stop_server,
+    text_search,
+    wait_ready,
+)
+
+from app.demo import DEMO_IMAGE_SIZE
+from models import synthetic as syn
+
+MIN_MATCH = 0.3  # the page's threshold (app/static/app.js), chosen in docs/search-quality.md
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = spawn_server(tmp_path_factory.mktemp("e2e-modes"), demo_count=40)
+    try:
+        yield wait_ready(srv)
+    finally:
+        stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    from test_page import CHROMIUM, CHROMIUM_ARGS, sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    pg, errors = _new_page(browser)
+    yield pg
+    pg.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def named_id(server: Server) -> int:
+    """An uncaptioned upload whose only words are its file name."""
+    buf = io.BytesIO()
+    syn.example("test", 777, size=DEMO_IMAGE_SIZE).image.save(buf, format="PNG")
+    resp = server.post("/api/v1/images",
+                       files={"files": ("IMG_2041.png", buf.getvalue(), "image/png")})
+    assert resp.status_code == 201, resp.text
+    return int(resp.json()["items"][0]["id"])
+
+
+def _visible_ids(page: Page) -> list[int]:
+    ids = page.locator('[data-testid="result"]:visible').evaluate_all(
+        "els => els.map(e => e.dataset.id)")
+    return [int(i) for i in ids]
+
+
+def _set_cutoff(page: Page, on: bool) -> None:
+    """Flip the switch as a user does, by its label (the styled track covers the input)."""
+    switch = page.get_by_test_id("cutoff")
+    if switch.is_checked() != on:
+        page.get_by_text("Hide weak matches").click()
+    expect(switch).to_be_checked(checked=on)
+
+
+def _api_hits(server: Server, query: str, **body: Any) -> list[dict[str, Any]]:
+    resp = server.post("/api/v1/search/text", json={"query": query, "k": 24, **body})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["hits"]  # type: ignore[no-any-return]
+
+
+def test_mode_switch_finds_a_file_name_by_words_and_by_both(
+        page: Page, server: Server, named_id: int) -> None:
+    open_home(page, server)
+    mode = page.get_by_test_id("search-mode")
+    expect(mode).to_have_value("vector")  # the API's default is the page's default
+    _set_cutoff(page, False)
+    text_search(page, "IMG_2041")
+    assert result_ids(page)[0] != named_id  # the picture side cannot read a file name
+
+    mode.select_option("keyword")  # re-runs the search
+    expect(page.get_by_test_id("result")).to_have_count(1)
+    assert result_ids(page) == [named_id]
+    expect(page.get_by_test_id("result-caption")).to_have_text("IMG_2041.png")
+
+    mode.select_option("hybrid")
+    first = page.get_by_test_id("result").first
+    expect(first).to_have_attribute("data-id", str(named_id))
+    expect(first.get_by_test_id("result-ranks")).to_contain_text("words #1")
+    assert len(result_ids(page)) > 1  # and the picture side's hits after it
+    ranks = page.get_by_test_id("result-ranks").all_inner_texts()
+    assert any("picture #1" in r for r in ranks), ranks
+
+
+def test_odd_text_in_words_mode_is_an_empty_answer_not_an_error(
+        page: Page, server: Server) -> None:
+    open_home(page, server)
+    page.get_by_test_id("search-mode").select_option("keyword")
+    for query in ['"', "NEAR(", "* ^ :"]:  # no word any metadata holds
+        text_search(page, query)
+        expect(page.get_by_test_id("empty")).to_be_visible()
+        expect(page.get_by_test_id("error")).to_be_hidden()
+
+
+def test_weak_matches_hide_behind_a_toggle(page: Page, server: Server) -> None:
+    items = server.get("/api/v1/images?limit=50").json()["items"]
+    # the first stored demo caption whose answer holds both weak and strong hits
+    for query in (it["caption"] for it in items if it["caption"]):
+        hits = _api_hits(server, query, min_match=0)
+        weak = [h["id"] for h in hits if h["match"] < MIN_MATCH]
+        strong = [h["id"] for h in hits if h["match"] >= MIN_MATCH]
+        if weak and strong:
+            break
+    else:
+        pytest.fail("no demo caption has weak and strong hits among its first 24")
+    open_home(page, server)
+    expect(page.get_by_test_id("cutoff")).to_be_checked()
+    text_search(page, query)
+    assert _visible_ids(page) == strong
+    toggle = page.get_by_test_id("show-weaker")
+    expect(toggle).to_have_text(f"Show {len(weak)} weaker matches")
+    expect(page.get_by_test_id("status")).to_contain_text(f"{len(weak)} weaker hidden")
+    toggle.click()
+    expect(page.locator('[data-testid="result"]:visible')).to_have_count(len(hits))
+    assert _visible_ids(page) == [h["id"] for h in hits]  # in the answer's order
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    toggle.click()
+    expect(page.locator('[data-testid="result"]:visible')).to_have_count(len(strong))
+    # the switch off: every hit shown, no toggle
+    _set_cutoff(page, False)
+    expect(page.locator('[data-testid="result"]:visible')).to_have_count(len(hits))
+    expect(toggle).to_be_hidden()
+
+
+def test_nothing_strong_says_so_and_offers_the_weaker_ones(
+        page: Page, server: Server, named_id: int) -> None:
+    hits = _api_hits(server, "IMG_2041", mode="keyword", min_match=0)
+    assert [h["id"] for h in hits] == [named_id]
+    assert hits[0]["match"] < MIN_MATCH, "a file name is no description of the picture"
+    open_home(page, server)
+    page.get_by_test_id("search-mode").select_option("keyword")
+    text_search(page, "IMG_2041")
+    expect(page.get_by_test_id("empty")).to_have_text("No strong matches.")
+    page.get_by_test_id("show-weaker").click()
+    assert _visible_ids(page) == [named_id]
+    expect(page.get_by_test_id("empty")).to_be_hidden()
+
+
+def test_modes_work_by_keyboard(page: Page, server: Server, tmp_path: Path) -> None:
+    open_home(page, server)
+    page.get_by_test_id("search-mode").focus()
+    page.keyboard.press("ArrowDown")  # vector -> keyword
+    expect(page.get_by_test_id("search-mode")).to_have_value("keyword")
