@@ -288,7 +288,8 @@ def _train(args: argparse.Namespace) -> int:
 
     # the step counts and sizes left out keep TrainConfig's defaults: the recipe is stated once
     sizes = {k: getattr(args, k) for k in ("encoder_steps", "fusion_steps", "batch", "pool",
-                                           "triplets", "threads", "image_size")}
+                                           "triplets", "threads", "image_size", "randomise",
+                                           "paraphrase")}
     cfg = TrainConfig(model=args.backbone, pretrained=args.pretrained, data=args.data,
                       out=args.out, work_dir=args.work_dir,
                       **{k: v for k, v in sizes.items() if v is not None})
@@ -395,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--image-size", type=int,
                    help="input size other than the backbone config's (serve it with the same)")
+    s.add_argument("--randomise", type=float,
+                   help="share of training scenes with domain randomisation (default 0)")
+    s.add_argument("--paraphrase", type=float,
+                   help="share of stage-1 captions with surface noise (default 0)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.set_defaults(fn=_train)
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from . import synthetic as syn
 from .encoder import WEIGHTS_DIR, bundled_paths, register_configs, visual_forward
 from .fusion import Batch, FusionConfig, FusionHeads
+from .synthetic.randomise import noisy_caption, randomise_image
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class TrainConfig:
     coords: bool = True  # fusion heads see each patch's (x, y) grid position
     mined: int = 24  # captions per stage-2 step whose top-8 dual-encoder hits are match examples
     image_size: int | None = None  # input size other than the config's (open_clip's override)
+    # opt-in, off in the bundled recipe (models/synthetic/randomise.py):
+    randomise: float = 0.0  # share of pool scenes with randomised colour, resolution, blur, JPEG
+    paraphrase: float = 0.0  # share of stage-1 captions with surface noise (articles, a typo)
     losses: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -85,9 +89,11 @@ def _normalise(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-def render_pool(n: int, cache: Path, size: int) -> ScenePool:
-    """Render (or load from cache) ``n`` training examples."""
-    path = cache / f"pool_{n}_{size}.npz"
+def render_pool(n: int, cache: Path, size: int, randomise: float = 0.0) -> ScenePool:
+    """Render (or load from cache) ``n`` training examples; a ``randomise`` share of them with
+    domain randomisation (each decided by its own seed, so a pool is the same every time)."""
+    path = cache / (f"pool_{n}_{size}.npz" if not randomise
+                    else f"pool_{n}_{size}_randomise{randomise:g}.npz")
     scenes = []
     if path.is_file():
         arr = np.load(path)["pixels"]
@@ -96,7 +102,12 @@ def render_pool(n: int, cache: Path, size: int) -> ScenePool:
     arr = np.zeros((n, size, size, 3), np.uint8)
     for i in tqdm(range(n), desc="render scenes", unit="img"):
         ex = syn.example("train", i, size=size)
-        arr[i] = np.asarray(ex.image)
+        image = ex.image
+        if randomise:
+            rng = np.random.default_rng([syn.SPLIT_SEEDS["train"], i, 99])
+            if rng.random() < randomise:
+                image = randomise_image(image, rng)
+        arr[i] = np.asarray(image)
         scenes.append(ex.scene)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, pixels=arr)
@@ -332,6 +343,8 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
         texts, claims, negs = [], [], []
         for s in scenes:
             text, claim = syn.caption(s, rng)
+            if cfg.paraphrase and rng.random() < cfg.paraphrase:
+                text = noisy_caption(text, rng)
             texts.append(text)
             claims.append(claim)
             neg = syn.swap_relation(claim, s) if rng.random() < 0.5 else None
@@ -715,7 +728,7 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
         enc_losses: list[float] = []
         heads, fus_losses = train_fusion_pairs(clip, tokenizer, Path(cfg.data), cfg, work)
     else:
-        pool = render_pool(cfg.pool, work, size)
+        pool = render_pool(cfg.pool, work, size, cfg.randomise)
         trip = render_triplets(cfg.triplets, work, size)
         enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
         heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)

@@ -34,10 +34,10 @@ RELS = {
 ANAPHORS = {"on its left": "left of", "to its left": "left of", "on its right": "right of",
             "to its right": "right of", "above it": "above", "on top of it": "above",
             "below it": "below", "under it": "below"}
-BG_PATTERNS = [r"^on an? (\w+) background, ", r" on an? (\w+) background$",
-               r", (\w+) background$", r"^an? (\w+) background with ",
-               r" against an? (\w+) backdrop$", r"; the background is (\w+)$",
-               r"^an? (\w+) background behind ", r"^background (\w+): "]
+BG_PATTERNS = [r"^on (?:an? )?(\w+) background, ", r" on (?:an? )?(\w+) background$",
+               r", (\w+) background$", r"^(?:an? )?(\w+) background with ",
+               r" against (?:an? )?(\w+) backdrop$", r"; the background is (\w+)$",
+               r"^(?:an? )?(\w+) background behind ", r"^background (\w+): "]
 SPELLINGS = {"colored": "coloured"}
 POST_MARKERS = {"coloured", "colored", "which", "that's", "that", "in"}
 ARTICLES = {"a", "an", "the", "one"}
