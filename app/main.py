@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(images.router)
+    api.include_router(images.duplicates_router)
     api.include_router(search.router)
     api.include_router(system.info_router)
     app.include_router(api)

@@ -47,8 +47,42 @@ class ItemOut(BaseModel):
     duplicate: bool = False
 
 
+class NearDuplicate(BaseModel):
+    id: int
+    similarity: float = Field(description="aligned pixel correlation (1 for the same pixels)")
+    caption: str | None
+    original_name: str | None
+    file_url: str
+
+
+class UploadedItem(ItemOut):
+    near_duplicates: list[NearDuplicate] = Field(
+        default_factory=list, description="stored images this one is a near duplicate of "
+        "(re-encoded, resized, slightly cropped or brightened copies); empty for an exact "
+        "duplicate, which is the stored item itself")
+
+
 class UploadResponse(BaseModel):
-    items: list[ItemOut]
+    items: list[UploadedItem]
+
+
+class DuplicatesResponse(BaseModel):
+    id: int
+    duplicates: list[NearDuplicate]
+
+
+class DuplicateGroup(BaseModel):
+    item: ItemOut
+    duplicates: list[NearDuplicate]
+
+
+class DuplicateGroupPage(BaseModel):
+    groups: list[DuplicateGroup] = Field(
+        description="images of this page of the collection (newest first) that have near "
+        "duplicates, each with them; a pair appears under each of its two images")
+    total: int = Field(description="images in the collection")
+    offset: int
+    limit: int
 
 
 class ItemPage(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index import Item, ItemNotFound, Store, Upload
+from index.neardup import DUPLICATE_THRESHOLD, Signature, signature, similarity
 from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
 from models.encoder import rerank_scores
@@ -48,6 +49,11 @@ class Results:
 
 
 SEARCH_MODES = ("vector", "keyword", "hybrid")
+# Near duplicates: the embedding proposes this many nearest images above this cosine, and the
+# pixel test of index.neardup decides (bench/quality_duplicates.py: every edited copy measured
+# lies within the embedding's nearest few and above this cosine).
+DUPLICATE_CANDIDATES = 5
+DUPLICATE_MIN_COSINE = 0.5
 # Reciprocal rank fusion constant (Cormack et al. 2009): 60 keeps one list's top hit from
 # outweighing an item both lists rank well.
 RRF_K = 60
@@ -372,6 +378,55 @@ class SearchService:
             path, _ = self.store.file_path(item_id)
             img = decode_image(path.read_bytes(), self.max_pixels)
             return self.model.image_tokens([img.image])
+
+    # ---- near duplicates --------------------------------------------------------------------
+    def _signature(self, item_id: int) -> Signature:
+        """Raises ItemNotFound, StoreError for a missing file, BadImage for an unreadable one."""
+        path, _ = self.store.file_path(item_id)
+        return signature(decode_image(path.read_bytes(), self.max_pixels).image)
+
+    def near_duplicates(self, item_id: int) -> list[tuple[Item, float]]:
+        """Stored near duplicates of a stored image (re-encoded, resized, slightly cropped,
+        brightened copies), most similar first, as (item, similarity).
+
+        Candidates are the image's nearest neighbours by embedding; each is confirmed by the
+        aligned pixel test of ``index.neardup`` (threshold chosen in docs/search-quality.md).
+        Raises ItemNotFound.
+        """
+        self.store.get(item_id)
+        emb = self.store.embedding(item_id)
+        candidates = self.store.search(emb[None, :], DUPLICATE_CANDIDATES,
+                                       exclude_ids={item_id})[0]
+        mine = self._signature(item_id)
+        found: list[tuple[int, float]] = []
+        for cand, cosine in candidates:
+            if cosine < DUPLICATE_MIN_COSINE:
+                break
+            try:
+                sim = similarity(mine, self._signature(cand))
+            except Exception as exc:  # deleted meanwhile, or its file unreadable
+                log.info("near-duplicate check of %d skipped: %s", cand, exc)
+                continue
+            if sim >= DUPLICATE_THRESHOLD:
+                found.append((cand, sim))
+        items = self.store.get_many([i for i, _ in found])
+        return sorted(((items[i], s) for i, s in found if i in items), key=lambda p: -p[1])
+
+    def duplicate_groups(self, offset: int, limit: int
+                         ) -> tuple[list[tuple[Item, list[tuple[Item, float]]]], int]:
+        """Groups of near duplicates among one page of the collection (newest first): each
+        image of the page that has near duplicates, with them. Returns (groups, the number of
+        images paged over). Raises ValueError for a negative offset or limit."""
+        items, total = self.store.list(offset=offset, limit=limit)
+        groups = []
+        for item in items:
+            try:
+                dups = self.near_duplicates(item.id)
+            except ItemNotFound:  # deleted meanwhile
+                continue
+            if dups:
+                groups.append((item, dups))
+        return groups, total
 
     def explain(self, image_id: int, text: str) -> dict[str, object]:
         """Raises ItemNotFound; ModelLoadError when the model has no fusion head."""

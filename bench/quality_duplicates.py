@@ -2,8 +2,9 @@
 same scene graph.
 
 ``python -m bench.quality_duplicates [--n 300] [--out bench/results]`` writes
-``duplicates.json`` and ``duplicates.png`` (precision and recall against the threshold, for the
-image-embedding cosine and for a 64-bit perceptual hash).
+``duplicates.json`` and ``duplicates.png`` (precision and recall against the threshold for the
+image-embedding cosine, a 64-bit perceptual hash, and the aligned pixel correlation of
+``index.neardup`` that the service uses).
 
 Positives: each original against a copy re-encoded as JPEG (quality 70 and 40), resized (half
 and double), cropped (6% off each edge, and 10% off one side), brightened (x1.2) and darkened
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from index.neardup import DUPLICATE_THRESHOLD, signature, similarity
 from models import load_model
 from models import synthetic as syn
 from models.synthetic.sampling import sample_scene
@@ -111,6 +113,11 @@ def best(c: dict[str, list[float]], min_precision: float) -> dict[str, float] | 
     return {k: c[k][j] for k in ("threshold", "precision", "recall")}
 
 
+def _at(c: dict[str, list[float]], t: float) -> dict[str, float]:
+    j = min(range(len(c["threshold"])), key=lambda j: abs(c["threshold"][j] - t))
+    return {k: c[k][j] for k in ("threshold", "precision", "recall")}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=300, help="originals (test split scenes)")
@@ -136,19 +143,35 @@ def main(argv: list[str] | None = None) -> None:
     for name, ims in twin_kinds.items():
         sims_neg[name] = (model.encode_images(ims) * emb).sum(-1)
         ham_neg[name] = (phash_bits(ims) != ph).sum(-1)
+    sigs = [signature(im) for im in originals]
+    al_pos = {name: np.array([similarity(s, signature(im)) for s, im in zip(sigs, ims,
+                                                                           strict=True)])
+              for name, ims in variants.items()}
+    al_neg = {name: np.array([similarity(s, signature(im)) for s, im in zip(sigs, ims,
+                                                                           strict=True)])
+              for name, ims in twin_kinds.items()}
     gram = emb @ emb.T
     np.fill_diagonal(gram, -2)
     sims_neg["nearest_other"] = gram.max(1)
     hgram = (ph[:, None, :] != ph[None, :, :]).sum(-1)
     np.fill_diagonal(hgram, 65)
     ham_neg["nearest_other"] = hgram.min(1)
+    # the nearest other original by the aligned correlation, among its 5 nearest by embedding
+    # (the service verifies the embedding's nearest candidates only)
+    near = np.argsort(-gram, axis=1)[:, :5]
+    al_neg["nearest_other"] = np.array([max(similarity(sigs[i], sigs[j]) for j in near[i])
+                                        for i in range(len(sigs))])
 
+    burst = ("rejitter",)  # reported apart (see the docstring)
     pos = np.concatenate(list(sims_pos.values()))
-    neg = np.concatenate(list(sims_neg.values()))
+    neg = np.concatenate([v for k, v in sims_neg.items() if k not in burst])
+    apos = np.concatenate(list(al_pos.values()))
+    aneg = np.concatenate([v for k, v in al_neg.items() if k not in burst])
+    aligned_curve = curve(apos, aneg, np.round(np.arange(0.90, 1.0001, 0.0025), 4))
     cos_curve = curve(pos, neg, np.round(np.arange(0.80, 1.0001, 0.0025), 4))
     # hash: similarity = 64 - Hamming distance, so "higher is closer" like the cosine
     hpos = 64 - np.concatenate(list(ham_pos.values()))
-    hneg = 64 - np.concatenate(list(ham_neg.values()))
+    hneg = 64 - np.concatenate([v for k, v in ham_neg.items() if k not in burst])
     hash_curve = curve(hpos, hneg, np.arange(40, 65, 1.0))
     result = {
         "command": f"python -m bench.quality_duplicates --n {args.n} --size {args.size}",
@@ -165,13 +188,24 @@ def main(argv: list[str] | None = None) -> None:
         "phash": {"curve": hash_curve, "best_at_p98": best(hash_curve, 0.98),
                   "positives_max_distance": {k: int(v.max()) for k, v in ham_pos.items()},
                   "negatives_min_distance": {k: int(v.min()) for k, v in ham_neg.items()}},
+        "aligned": {"curve": aligned_curve, "best_at_p98": best(aligned_curve, 0.98),
+                    "service_threshold": DUPLICATE_THRESHOLD,
+                    "at_service_threshold": _at(aligned_curve, DUPLICATE_THRESHOLD),
+                    "positives_min": {k: float(v.min()) for k, v in al_pos.items()},
+                    "positives_p05": {k: float(np.quantile(v, 0.05)) for k, v in al_pos.items()},
+                    "negatives_max": {k: float(v.max()) for k, v in al_neg.items()},
+                    "negatives_p95": {k: float(np.quantile(v, 0.95)) for k, v in al_neg.items()},
+                    "burst_share_over_threshold": float(
+                        (al_neg["rejitter"] >= DUPLICATE_THRESHOLD).mean())},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "duplicates.json").write_text(json.dumps(result, indent=1))
     _plot(result, args.out / "duplicates.png")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("cosine", "phash")}))
-    for kind in ("cosine", "phash"):
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cosine", "phash",
+                                                                   "aligned")}))
+    print("aligned at the service threshold:", result["aligned"]["at_service_threshold"])  # type: ignore[index]
+    for kind in ("cosine", "phash", "aligned"):
         r = result[kind]
         print(kind, "best at precision>=0.98:", r["best_at_p98"])  # type: ignore[index]
         print({k: v for k, v in r.items() if k not in ("curve", "best_at_p98")})  # type: ignore[union-attr]
@@ -183,15 +217,16 @@ def _plot(result: dict[str, object], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, kind, label in ((axes[0], "cosine", "embedding cosine >= t"),
-                            (axes[1], "phash", "64 - pHash Hamming distance >= t")):
+                            (axes[1], "phash", "64 - pHash Hamming distance >= t"),
+                            (axes[2], "aligned", "aligned pixel correlation >= t (the rule)")):
         c = result[kind]["curve"]  # type: ignore[index]
         ax.plot(c["threshold"], c["precision"], label="precision")
         ax.plot(c["threshold"], c["recall"], label="recall")
         ax.axhline(0.98, color="gray", lw=0.5, ls="--")
         ax.axhline(0.95, color="gray", lw=0.5, ls=":")
-        chosen = result[kind]["best_at_p98"]  # type: ignore[index]
+        chosen = result[kind].get("at_service_threshold") or result[kind]["best_at_p98"]  # type: ignore[index,union-attr]
         if chosen:
             ax.axvline(chosen["threshold"], color="k", lw=0.8)
         ax.set_xlabel(label)

@@ -13,10 +13,21 @@ from index import Item
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep, WriteAuth
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
-from ..schemas import MAX_ID, ItemOut, ItemPage, UploadResponse
-from ..service import FileIn
+from ..schemas import (
+    MAX_ID,
+    DuplicateGroup,
+    DuplicateGroupPage,
+    DuplicatesResponse,
+    ItemOut,
+    ItemPage,
+    NearDuplicate,
+    UploadedItem,
+    UploadResponse,
+)
+from ..service import FileIn, SearchService
 
 router = APIRouter(prefix="/images", tags=["images"], responses=ERROR_RESPONSES)
+duplicates_router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
 
 MAX_CAPTION_CHARS = 2000
 MAX_TAGS = 50
@@ -55,6 +66,20 @@ def item_out(request: Request, item: Item, duplicate: bool = False) -> ItemOut:
         sha256=item.sha256, original_name=item.original_name, created_at=item.created_at,
         duplicate=duplicate,
     )
+
+
+def near_out(request: Request, item: Item, sim: float) -> NearDuplicate:
+    return NearDuplicate(id=item.id, similarity=round(sim, 4), caption=item.caption,
+                         original_name=item.original_name, file_url=file_url(request, item.id))
+
+
+def _uploaded(service: SearchService, results: list[tuple[Item, bool]]
+              ) -> list[tuple[Item, bool, list[tuple[Item, float]]]]:
+    out = []
+    for item, dup in results:
+        near = [] if dup else service.near_duplicates(item.id)
+        out.append((item, dup, near))
+    return out
 
 
 def parse_tags(raw: list[str] | None) -> list[str]:
@@ -128,7 +153,11 @@ async def upload_images(
     results = await run_in_threadpool(
         service.upload, received, clean_caption(caption), parse_tags(tags)
     )
-    return UploadResponse(items=[item_out(request, it, dup) for it, dup in results])
+    checked = await run_in_threadpool(_uploaded, service, results)
+    return UploadResponse(items=[
+        UploadedItem(**item_out(request, it, dup).model_dump(),
+                     near_duplicates=[near_out(request, d, s) for d, s in near])
+        for it, dup, near in checked])
 
 
 @router.get("", response_model=ItemPage, dependencies=[ReadAuth], summary="List stored images")
@@ -149,6 +178,32 @@ def list_images(
             summary="One image's metadata")
 def get_image(request: Request, service: ServiceDep, item_id: ItemId) -> ItemOut:
     return item_out(request, service.store.get(item_id))
+
+
+@router.get("/{item_id}/duplicates", response_model=DuplicatesResponse,
+            dependencies=[ReadAuth],
+            summary="Stored near duplicates of an image (re-encoded, resized, cropped, brightened)")
+def image_duplicates(request: Request, service: ServiceDep, item_id: ItemId
+                     ) -> DuplicatesResponse:
+    near = service.near_duplicates(item_id)
+    return DuplicatesResponse(id=item_id, duplicates=[near_out(request, d, s) for d, s in near])
+
+
+@duplicates_router.get("/duplicates", response_model=DuplicateGroupPage,
+                       dependencies=[ReadAuth],
+                       summary="Groups of near duplicates, paged over the collection")
+def duplicate_groups(
+    request: Request,
+    service: ServiceDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DuplicateGroupPage:
+    groups, total = service.duplicate_groups(offset, limit)
+    return DuplicateGroupPage(
+        groups=[DuplicateGroup(item=item_out(request, it),
+                               duplicates=[near_out(request, d, s) for d, s in near])
+                for it, near in groups],
+        total=total, offset=offset, limit=limit)
 
 
 @router.get("/{item_id}/file", name="image_file", dependencies=[ReadAuth],

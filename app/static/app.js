@@ -29,6 +29,7 @@
     showWeaker: $("show-weaker"),
     tagFilter: $("tag-filter"),
     browse: $("browse"),
+    showDuplicates: $("show-duplicates"),
     imageForm: $("image-form"),
     imageDrop: $("image-drop"),
     imageFile: $("image-file"),
@@ -67,6 +68,7 @@
     blobUrls: [],
     referenceBlobUrl: null,
     weak: 0, // hits under MIN_MATCH in the grid
+    groups: 0, // near-duplicate groups in the grid
     showWeak: false,
   };
 
@@ -280,6 +282,7 @@
     state.shown.clear();
     state.weak = 0;
     state.showWeak = false;
+    state.groups = 0;
     for (const u of state.blobUrls) URL.revokeObjectURL(u);
     state.blobUrls = [];
     els.empty.hidden = true;
@@ -318,6 +321,13 @@
       match.title = "attention-fusion match probability (re-rank)";
       match.hidden = false;
     }
+    const dupOf = li.querySelector(".dup-of");
+    if (item.duplicateOf) {
+      dupOf.textContent = `copy of #${item.duplicateOf} (${item.similarity.toFixed(3)})`;
+      dupOf.title = "near duplicate: aligned pixel similarity";
+      dupOf.hidden = false;
+      li.classList.add("dup");
+    }
     const ranks = li.querySelector(".ranks");
     const sides = [];
     if (item.vector_rank) sides.push(`picture #${item.vector_rank}`);
@@ -349,6 +359,21 @@
     li.querySelector('[data-action="delete"]').setAttribute("aria-label", `Delete ${name}`);
     li._item = item;
     return li;
+  }
+
+  // Near-duplicate groups: each image with copies, then its copies (each shown once).
+  function appendGroups(groups) {
+    for (const group of groups) {
+      state.groups += 1;
+      const before = state.shown.size;
+      appendItems([group.item], false);
+      const head = els.results.lastElementChild;
+      if (state.shown.size > before && head) head.classList.add("dup-head");
+      appendItems(group.duplicates.map((d) => ({ ...d, tags: [], duplicateOf: group.item.id })),
+                  false);
+    }
+    els.empty.hidden = state.shown.size > 0;
+    els.empty.textContent = state.shown.size ? "" : "No near duplicates found.";
   }
 
   function isWeak(item) {
@@ -404,6 +429,7 @@
           : (query.imageId ? `Images similar to image ${query.imageId}` : "Images similar to your image");
       case "composed":
         return `${query.imageId ? `Image ${query.imageId}` : "Your image"}, changed: “${query.text}”`;
+      case "duplicates": return "Near duplicates";
       default: return "Newest images";
     }
   }
@@ -448,6 +474,10 @@
         return api(`${API}/search/composed`, {
           method: "POST", json: { image_id: query.imageId, text: query.text, k, tags },
         });
+      case "duplicates": {
+        const params = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
+        return api(`${API}/duplicates?${params}`);
+      }
       default: {
         const params = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
         if (query.tag) params.set("tag", query.tag);
@@ -471,7 +501,15 @@
         state.query = query;
         els.title.textContent = describe(query);
       }
-      if (query.mode === "browse") {
+      if (query.mode === "duplicates") {
+        appendGroups(data.groups);
+        state.offset = offset + data.limit;
+        state.total = data.total;
+        els.loadMore.hidden = state.offset >= data.total;
+        const seen = Math.min(state.offset, data.total);
+        setStatus(`${state.groups} ${state.groups === 1 ? "image has" : "images have"} near `
+                  + `duplicates among the newest ${seen} of ${data.total}`);
+      } else if (query.mode === "browse") {
         appendItems(data.items, false);
         state.offset = offset + data.items.length;
         state.total = data.total;
@@ -546,6 +584,12 @@
     els.q.value = "";
     clearUrlQuery();
     browse();
+  });
+
+  els.showDuplicates.addEventListener("click", () => {
+    els.q.value = "";
+    clearUrlQuery();
+    run({ mode: "duplicates" });
   });
 
   els.rerank.addEventListener("change", () => {
@@ -703,6 +747,7 @@
       const data = await api(`${API}/images`, { method: "POST", form: fd });
       const items = data.items || [];
       const dups = items.filter((it) => it.duplicate).length;
+      const near = items.filter((it) => it.near_duplicates && it.near_duplicates.length);
       els.uploadForm.reset();
       els.q.value = "";
       clearUrlQuery();
@@ -711,6 +756,10 @@
       const n = items.length;
       let msg = `Uploaded ${n} ${n === 1 ? "image" : "images"}`;
       if (dups) msg += ` (${dups} already stored)`;
+      if (near.length) {
+        const ids = [...new Set(near.flatMap((it) => it.near_duplicates.map((d) => `#${d.id}`)))];
+        msg += `; ${near.length} ${near.length === 1 ? "looks" : "look"} like a copy of ${ids.join(", ")}`;
+      }
       setStatus(`${msg}. ${els.status.textContent}`);
       loadInfo();
     } catch (err) {

@@ -209,9 +209,11 @@ def card(page: Page, item_id: int) -> Any:
 
 
 def wait_thumbnails(page: Page) -> None:
-    """Every thumbnail in the first screen has loaded."""
+    """Every shown thumbnail in the first screen has loaded (weak matches hidden behind "show
+    weaker matches" are not shown, so their lazy images never load)."""
     page.wait_for_function("""() => {
         const imgs = [...document.querySelectorAll('#results img')]
+            .filter(i => i.offsetParent !== null)
             .filter(i => i.getBoundingClientRect().top < window.innerHeight);
         return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
     }""")

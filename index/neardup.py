@@ -1,0 +1,75 @@
+"""Near-duplicate test of two pictures: the same image re-encoded, resized, slightly cropped or
+brightened, told apart from a distinct picture of the same scene.
+
+Neither the embedding (trained to see *what* is shown, so two renders of one scene are closer
+than a JPEG copy of either) nor a 64-bit perceptual hash (blind to a small object on a plain
+background, and moved by a crop) separates the two on measured data (docs/search-quality.md).
+This compares pixels after aligning for the edits: each picture becomes small thumbnails of its
+whole frame and of crops of it (up to 15% off each side, independently), each centred and
+scaled to unit length, which cancels a brightness gain and compression noise; the similarity is
+the best correlation of one picture's whole frame with any crop of the other, either way round.
+Pure numpy and Pillow; the caller decodes the images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+__all__ = ["DUPLICATE_THRESHOLD", "Signature", "signature", "similarity"]
+
+#: Chosen on measured data (bench/quality_duplicates.py): precision and recall of "similarity
+#: >= threshold" against distinct pictures of the same scene graph, in docs/search-quality.md.
+DUPLICATE_THRESHOLD = 0.975
+
+_BASE = 96  # side the picture is resampled to before cropping
+_SIDE = 16  # thumbnail side
+_SCALES = (1.0, 0.95, 0.9, 0.85)
+_ANCHORS = (0.0, 0.5, 1.0)
+
+
+def _boxes() -> list[tuple[int, int, int, int]]:
+    boxes = [(0, 0, _BASE, _BASE)]
+    for sx in _SCALES:
+        for sy in _SCALES:
+            if sx == sy == 1.0:
+                continue
+            w, h = _BASE * sx, _BASE * sy
+            for fx in _ANCHORS:
+                for fy in _ANCHORS:
+                    x0, y0 = (_BASE - w) * fx, (_BASE - h) * fy
+                    boxes.append((round(x0), round(y0), round(x0 + w), round(y0 + h)))
+    return list(dict.fromkeys(boxes))
+
+
+_BOX_LIST = _boxes()
+
+
+class Signature:
+    """Unit-length thumbnails of a picture's whole frame (row 0) and of its crops."""
+
+    def __init__(self, crops: npt.NDArray[np.float32]) -> None:
+        self.crops = crops
+
+    @property
+    def whole(self) -> npt.NDArray[np.float32]:
+        return self.crops[0]
+
+
+def _unit(thumb: Image.Image) -> npt.NDArray[np.float32]:
+    a = np.asarray(thumb, np.float32).reshape(-1, 3)
+    a = a - a.mean(0)
+    return (a / (np.linalg.norm(a) + 1e-6)).reshape(-1)
+
+
+def signature(image: Image.Image) -> Signature:
+    """The signature of a decoded picture (any mode, any size)."""
+    base = image.convert("RGB").resize((_BASE, _BASE), Image.Resampling.BOX)
+    crops = [_unit(base.crop(b).resize((_SIDE, _SIDE), Image.Resampling.BOX)) for b in _BOX_LIST]
+    return Signature(np.stack(crops))
+
+
+def similarity(a: Signature, b: Signature) -> float:
+    """Best aligned correlation of two pictures, in [-1, 1]; 1 for the same pixels."""
+    return float(max((a.crops @ b.whole).max(), (b.crops @ a.whole).max()))
