@@ -169,3 +169,33 @@ def test_modes_work_by_keyboard(page: Page, server: Server, tmp_path: Path) -> N
     page.get_by_test_id("search-mode").focus()
     page.keyboard.press("ArrowDown")  # vector -> keyword
     expect(page.get_by_test_id("search-mode")).to_have_value("keyword")
+
+
+def test_upload_of_a_copy_says_so_and_the_duplicates_view_groups_them(
+        page: Page, server: Server, tmp_path: Path) -> None:
+    original = syn.example("test", 901, size=128).image
+    buf = io.BytesIO()
+    original.save(buf, format="PNG")
+    resp = server.post("/api/v1/images", files={"files": ("orig.png", buf.getvalue(), "image/png")})
+    assert resp.status_code == 201, resp.text
+    orig_id = int(resp.json()["items"][0]["id"])
+    copy = tmp_path / "copy.jpg"
+    original.save(copy, format="JPEG", quality=70)
+
+    open_home(page, server)
+    page.get_by_test_id("upload-files").set_input_files(str(copy))
+    page.get_by_test_id("upload-submit").click()
+    expect(page.get_by_test_id("status")).to_contain_text(f"looks like a copy of #{orig_id}")
+    copy_id = int(page.get_by_test_id("result").first.get_attribute("data-id") or 0)
+    assert copy_id > orig_id
+
+    page.get_by_test_id("show-duplicates").click()
+    expect(page.get_by_test_id("results-title")).to_have_text("Near duplicates")
+    groups = server.get("/api/v1/duplicates?limit=24").json()["groups"]
+    heads = [g["item"]["id"] for g in groups]
+    assert copy_id in heads and orig_id in heads  # each listed with the other
+    orig_card = page.locator(f'[data-testid="result"][data-id="{orig_id}"]')
+    expect(orig_card.get_by_test_id("result-duplicate-of")).to_contain_text(f"copy of #{copy_id}")
+    expect(page.get_by_test_id("status")).to_contain_text("near duplicates among the newest")
+    shown = result_ids(page)
+    assert shown[:2] == [copy_id, orig_id]  # the newest image with copies, then its copy
