@@ -9,7 +9,10 @@ ranking code. Each check below fails when the service's use of the model is brok
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,8 +33,10 @@ from outcome_world import (
 
 from app.main import create_app
 from models import synthetic as syn
+from models.encoder import RERANK_COS, RERANK_MATCH
 
 K = 5
+FUSION_JSON = Path(__file__).resolve().parents[2] / "models" / "weights" / "fusion-tiny.fusion.json"
 
 
 @pytest.fixture(scope="module", params=["asgi", "server"])
@@ -98,6 +103,31 @@ def test_rerank_puts_the_true_scene_above_its_swapped_twin(world: tuple[Http, Wo
             assert why.json()["probability"] == pytest.approx(match[item_id], abs=2e-3)
     # Without such a case re-ranking could be switched off and this test would not notice.
     assert cosine_wrong, "the gallery needs a twin that the cosine alone ranks first"
+
+
+def test_rerank_order_is_the_documented_blend_of_cosine_and_raw_match_logit(
+        world: tuple[Http, World]) -> None:
+    """Hits come in the order of RERANK_COS * cosine + RERANK_MATCH * raw match logit (the
+    published weights, models/encoder.py), the raw logit read back from the shown, calibrated
+    probability: match = sigmoid(raw / T + b), with T and b from the bundled heads' JSON.
+    Calibration must not change the order."""
+    client, w = world
+    calibration = json.loads(FUSION_JSON.read_text()).get("calibration", {})
+    temperature, bias = calibration.get("temperature", 1.0), calibration.get("bias", 0.0)
+    checked = 0
+    for entry in w.entries[::2]:
+        hits = search(client, "text", query=entry.caption, k=20, rerank=True)
+        blend = [RERANK_COS * h["score"] + RERANK_MATCH * temperature * (_logit(h["match"]) - bias)
+                 for h in hits]
+        assert all(a >= b - 1e-3 for a, b in zip(blend, blend[1:], strict=False)), \
+            (entry.caption, blend)
+        checked += len(hits)
+    assert checked == 20 * len(w.entries[::2])
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
 
 
 def test_composed_search_finds_the_modified_scene(world: tuple[Http, World]) -> None:
