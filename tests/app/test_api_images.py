@@ -41,6 +41,8 @@ def test_upload_one_with_caption_and_tags(client: TestClient) -> None:
     assert item["duplicate"] is False
     assert item["file_url"] == f"{API}/images/{item['id']}/file"
 
+    assert item.pop("near_duplicates") == []  # the upload answer only: nothing stored before
+
     got = client.get(f"{API}/images/{item['id']}")
     assert got.status_code == 200
     assert got.json() == item

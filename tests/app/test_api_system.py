@@ -75,6 +75,7 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/images", "post"), ("/api/v1/images", "get"),
     ("/api/v1/images/{item_id}", "get"), ("/api/v1/images/{item_id}", "delete"),
     ("/api/v1/images/{item_id}/file", "get"),
+    ("/api/v1/images/{item_id}/duplicates", "get"), ("/api/v1/duplicates", "get"),
     ("/api/v1/search/text", "post"), ("/api/v1/search/image", "post"),
     ("/api/v1/search/image/upload", "post"), ("/api/v1/search/composed", "post"),
     ("/api/v1/search/composed/upload", "post"), ("/api/v1/explain", "post"),
