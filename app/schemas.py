@@ -25,9 +25,15 @@ def _json_int(v: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(_json_int)]
 
 
+# Whitespace as JSON Schema's (ECMAScript) \s knows it: Python's str.isspace() also counts the
+# separators \x1c-\x1f, which the documented pattern accepts, so the check uses this set.
+_ECMA_SPACE = frozenset("\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"
+                        + "".join(chr(c) for c in range(0x2000, 0x200B)))
+
+
 def _clean_text(v: str) -> str:
     v = v.replace("\x00", " ")
-    if not v.strip():
+    if all(c in _ECMA_SPACE for c in v):
         raise ValueError("must not be empty or whitespace")
     return v
 

@@ -46,6 +46,16 @@ def _boxes() -> list[tuple[int, int, int, int]]:
 _BOX_LIST = _boxes()
 
 
+def _grid(lo: int, hi: int) -> npt.NDArray[np.intp]:
+    return np.round(np.linspace(lo, hi, _SIDE + 1)).astype(np.intp)
+
+
+# Bin edges of every crop's thumbnail, for reading all thumbnails off one summed-area table.
+_XS = np.stack([_grid(b[0], b[2]) for b in _BOX_LIST])  # (crops, SIDE + 1)
+_YS = np.stack([_grid(b[1], b[3]) for b in _BOX_LIST])
+_AREA = (np.diff(_YS)[:, :, None] * np.diff(_XS)[:, None, :])[..., None].astype(np.float32)
+
+
 class Signature:
     """Unit-length thumbnails of a picture's whole frame (row 0) and of its crops."""
 
@@ -57,17 +67,19 @@ class Signature:
         return self.crops[0]
 
 
-def _unit(thumb: Image.Image) -> npt.NDArray[np.float32]:
-    a = np.asarray(thumb, np.float32).reshape(-1, 3)
-    a = a - a.mean(0)
-    return (a / (np.linalg.norm(a) + 1e-6)).reshape(-1)
-
-
 def signature(image: Image.Image) -> Signature:
     """The signature of a decoded picture (any mode, any size)."""
-    base = image.convert("RGB").resize((_BASE, _BASE), Image.Resampling.BOX)
-    crops = [_unit(base.crop(b).resize((_SIDE, _SIDE), Image.Resampling.BOX)) for b in _BOX_LIST]
-    return Signature(np.stack(crops))
+    base = np.asarray(image.convert("RGB").resize((_BASE, _BASE), Image.Resampling.BOX),
+                      np.float64)
+    sat = np.zeros((_BASE + 1, _BASE + 1, 3))
+    sat[1:, 1:] = base.cumsum(0).cumsum(1)
+    y0, y1 = _YS[:, :-1, None], _YS[:, 1:, None]
+    x0, x1 = _XS[:, None, :-1], _XS[:, None, 1:]
+    sums = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]  # (crops, SIDE, SIDE, 3)
+    thumbs = (sums / _AREA).astype(np.float32).reshape(len(_BOX_LIST), -1, 3)
+    thumbs -= thumbs.mean(1, keepdims=True)
+    flat = thumbs.reshape(len(_BOX_LIST), -1)
+    return Signature(flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-6))
 
 
 def similarity(a: Signature, b: Signature) -> float:
