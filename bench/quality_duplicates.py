@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     hpos = 64 - np.concatenate(list(ham_pos.values()))
     hneg = 64 - np.concatenate([v for k, v in ham_neg.items() if k not in burst])
     hash_curve = curve(hpos, hneg, np.arange(40, 65, 1.0))
-    result = {
+    result: dict[str, Any] = {
         "command": f"python -m bench.quality_duplicates --n {args.n} --size {args.size}",
         "size": args.size,
         "model": model.name,
@@ -204,14 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     _plot(result, args.out / "duplicates.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("cosine", "phash",
                                                                    "aligned")}))
-    print("aligned at the service threshold:", result["aligned"]["at_service_threshold"])  # type: ignore[index]
+    print("aligned at the service threshold:", result["aligned"]["at_service_threshold"])
     for kind in ("cosine", "phash", "aligned"):
         r = result[kind]
-        print(kind, "best at precision>=0.98:", r["best_at_p98"])  # type: ignore[index]
-        print({k: v for k, v in r.items() if k not in ("curve", "best_at_p98")})  # type: ignore[union-attr]
+        print(kind, "best at precision>=0.98:", r["best_at_p98"])
+        print({k: v for k, v in r.items() if k not in ("curve", "best_at_p98")})
 
 
-def _plot(result: dict[str, object], path: Path) -> None:
+def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,12 +222,12 @@ def _plot(result: dict[str, object], path: Path) -> None:
     for ax, kind, label in ((axes[0], "cosine", "embedding cosine >= t"),
                             (axes[1], "phash", "64 - pHash Hamming distance >= t"),
                             (axes[2], "aligned", "aligned pixel correlation >= t (the rule)")):
-        c = result[kind]["curve"]  # type: ignore[index]
+        c = result[kind]["curve"]
         ax.plot(c["threshold"], c["precision"], label="precision")
         ax.plot(c["threshold"], c["recall"], label="recall")
         ax.axhline(0.98, color="gray", lw=0.5, ls="--")
         ax.axhline(0.95, color="gray", lw=0.5, ls=":")
-        chosen = result[kind].get("at_service_threshold") or result[kind]["best_at_p98"]  # type: ignore[index,union-attr]
+        chosen = result[kind].get("at_service_threshold") or result[kind]["best_at_p98"]
         if chosen:
             ax.axvline(chosen["threshold"], color="k", lw=0.8)
         ax.set_xlabel(label)
