@@ -54,6 +54,7 @@ SEARCH_MODES = ("vector", "keyword", "hybrid")
 # lies within the embedding's nearest few and above this cosine).
 DUPLICATE_CANDIDATES = 5
 DUPLICATE_MIN_COSINE = 0.5
+SIGNATURE_CACHE = 64  # signatures (420 kB each) kept within one batch or page
 # Reciprocal rank fusion constant (Cormack et al. 2009): 60 keeps one list's top hit from
 # outweighing an item both lists rank well.
 RRF_K = 60
@@ -380,30 +381,41 @@ class SearchService:
             return self.model.image_tokens([img.image])
 
     # ---- near duplicates --------------------------------------------------------------------
-    def _signature(self, item_id: int) -> Signature:
+    def _signature(self, item_id: int, cache: dict[int, Signature] | None = None) -> Signature:
         """Raises ItemNotFound, StoreError for a missing file, BadImage for an unreadable one."""
+        if cache is not None and item_id in cache:
+            return cache[item_id]
         path, _ = self.store.file_path(item_id)
-        return signature(decode_image(path.read_bytes(), self.max_pixels).image)
+        # a JPEG is decoded at 1/2 to 1/8 scale: the signature reads a 96-pixel copy
+        image = decode_image(path.read_bytes(), self.max_pixels, reduce_to=(192, 192)).image
+        sig = signature(image)
+        if cache is not None:
+            if len(cache) >= SIGNATURE_CACHE:
+                cache.clear()
+            cache[item_id] = sig
+        return sig
 
-    def near_duplicates(self, item_id: int) -> list[tuple[Item, float]]:
+    def near_duplicates(self, item_id: int, cache: dict[int, Signature] | None = None
+                        ) -> list[tuple[Item, float]]:
         """Stored near duplicates of a stored image (re-encoded, resized, slightly cropped,
         brightened copies), most similar first, as (item, similarity).
 
         Candidates are the image's nearest neighbours by embedding; each is confirmed by the
         aligned pixel test of ``index.neardup`` (threshold chosen in docs/search-quality.md).
+        ``cache`` keeps signatures between calls (a batch of uploads, a page of groups).
         Raises ItemNotFound.
         """
         self.store.get(item_id)
         emb = self.store.embedding(item_id)
         candidates = self.store.search(emb[None, :], DUPLICATE_CANDIDATES,
                                        exclude_ids={item_id})[0]
-        mine = self._signature(item_id)
+        mine = self._signature(item_id, cache)
         found: list[tuple[int, float]] = []
         for cand, cosine in candidates:
             if cosine < DUPLICATE_MIN_COSINE:
                 break
             try:
-                sim = similarity(mine, self._signature(cand))
+                sim = similarity(mine, self._signature(cand, cache))
             except Exception as exc:  # deleted meanwhile, or its file unreadable
                 log.info("near-duplicate check of %d skipped: %s", cand, exc)
                 continue
@@ -419,9 +431,10 @@ class SearchService:
         images paged over). Raises ValueError for a negative offset or limit."""
         items, total = self.store.list(offset=offset, limit=limit)
         groups = []
+        cache: dict[int, Signature] = {}
         for item in items:
             try:
-                dups = self.near_duplicates(item.id)
+                dups = self.near_duplicates(item.id, cache)
             except ItemNotFound:  # deleted meanwhile
                 continue
             if dups:

@@ -53,7 +53,15 @@ def _grid(lo: int, hi: int) -> npt.NDArray[np.intp]:
 # Bin edges of every crop's thumbnail, for reading all thumbnails off one summed-area table.
 _XS = np.stack([_grid(b[0], b[2]) for b in _BOX_LIST])  # (crops, SIDE + 1)
 _YS = np.stack([_grid(b[1], b[3]) for b in _BOX_LIST])
-_AREA = (np.diff(_YS)[:, :, None] * np.diff(_XS)[:, None, :])[..., None].astype(np.float32)
+_AREA = (np.diff(_YS)[:, :, None] * np.diff(_XS)[:, None, :]).reshape(-1, 1).astype(np.float32)
+# Each thumbnail pixel is a box sum off the summed-area table: four corners, read in one take.
+_STRIDE = _BASE + 1
+_CORNERS = np.stack([
+    (_YS[:, 1:, None] * _STRIDE + _XS[:, None, 1:]).reshape(-1),   # + bottom right
+    (_YS[:, :-1, None] * _STRIDE + _XS[:, None, 1:]).reshape(-1),  # - top right
+    (_YS[:, 1:, None] * _STRIDE + _XS[:, None, :-1]).reshape(-1),  # - bottom left
+    (_YS[:, :-1, None] * _STRIDE + _XS[:, None, :-1]).reshape(-1),  # + top left
+])
 
 
 class Signature:
@@ -69,14 +77,13 @@ class Signature:
 
 def signature(image: Image.Image) -> Signature:
     """The signature of a decoded picture (any mode, any size)."""
-    base = np.asarray(image.convert("RGB").resize((_BASE, _BASE), Image.Resampling.BOX),
-                      np.float64)
-    sat = np.zeros((_BASE + 1, _BASE + 1, 3))
-    sat[1:, 1:] = base.cumsum(0).cumsum(1)
-    y0, y1 = _YS[:, :-1, None], _YS[:, 1:, None]
-    x0, x1 = _XS[:, None, :-1], _XS[:, None, 1:]
-    sums = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]  # (crops, SIDE, SIDE, 3)
-    thumbs = (sums / _AREA).astype(np.float32).reshape(len(_BOX_LIST), -1, 3)
+    base = np.asarray(image.convert("RGB").resize((_BASE, _BASE), Image.Resampling.BOX))
+    # float32 holds every sum exactly: integers up to 96 * 96 * 255 < 2**24
+    sat = np.zeros((_STRIDE, _STRIDE, 3), np.float32)
+    sat[1:, 1:] = base.cumsum(0, dtype=np.float32).cumsum(1)
+    c = sat.reshape(-1, 3)[_CORNERS]  # (4, crops * SIDE * SIDE, 3)
+    sums = c[0] - c[1] - c[2] + c[3]
+    thumbs = (sums / _AREA).reshape(len(_BOX_LIST), -1, 3)
     thumbs -= thumbs.mean(1, keepdims=True)
     flat = thumbs.reshape(len(_BOX_LIST), -1)
     return Signature(flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-6))

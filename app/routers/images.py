@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from index import Item
+from index.neardup import Signature
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep, WriteAuth
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
@@ -76,8 +77,9 @@ def near_out(request: Request, item: Item, sim: float) -> NearDuplicate:
 def _uploaded(service: SearchService, results: list[tuple[Item, bool]]
               ) -> list[tuple[Item, bool, list[tuple[Item, float]]]]:
     out = []
+    cache: dict[int, Signature] = {}
     for item, dup in results:
-        near = [] if dup else service.near_duplicates(item.id)
+        near = [] if dup else service.near_duplicates(item.id, cache)
         out.append((item, dup, near))
     return out
 
