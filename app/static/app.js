@@ -283,6 +283,7 @@
     state.weak = 0;
     state.showWeak = false;
     state.groups = 0;
+    els.showWeaker.hidden = true;
     for (const u of state.blobUrls) URL.revokeObjectURL(u);
     state.blobUrls = [];
     els.empty.hidden = true;

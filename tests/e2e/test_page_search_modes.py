@@ -144,6 +144,12 @@ def test_weak_matches_hide_behind_a_toggle(page: Page, server: Server) -> None:
     expect(toggle).to_have_attribute("aria-pressed", "true")
     toggle.click()
     expect(page.locator('[data-testid="result"]:visible')).to_have_count(len(strong))
+    # other views have no weak matches: the toggle goes with the search
+    page.get_by_test_id("browse").click()
+    expect(page.get_by_test_id("results-title")).to_have_text("Newest images")
+    expect(toggle).to_be_hidden()
+    text_search(page, query)
+    expect(toggle).to_be_visible()
     # the switch off: every hit shown, no toggle
     _set_cutoff(page, False)
     expect(page.locator('[data-testid="result"]:visible')).to_have_count(len(hits))
