@@ -282,6 +282,8 @@ class SearchService:
                                  strict=True))
         if cutoff.min_match is not None:
             match.update(self._match(query, [i for i in order if i not in match]))
+        elif do_rerank and mode != "vector":  # keyword hits scored too, for a uniform answer
+            match.update(self._match(query, [i for i in order[:k] if i not in match]))
         vrank = {i: r for r, i in enumerate(vector, 1)}
         krank = {i: r for r, i in enumerate(keyword, 1)}
         ranked = [ScoredHit(it.item, it.score, it.match, vrank.get(it.item.id),

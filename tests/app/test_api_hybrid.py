@@ -73,6 +73,8 @@ def test_vector_alone_misses_the_file_name_hybrid_finds_it(client: TestClient) -
     assert answer["hits"][0]["keyword_rank"] == 1
     assert answer["mode"] == "hybrid"
     assert any(h["vector_rank"] is not None for h in answer["hits"])
+    assert answer["reranked"] is True
+    assert all(h["match"] is not None for h in answer["hits"])  # the keyword-only hit too
 
 
 def test_hybrid_name_plus_visual_words_picks_that_persons_image(client: TestClient) -> None:
