@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from index import Item, ItemNotFound, Store, Upload
-from index.neardup import DUPLICATE_THRESHOLD, Signature, signature, similarity
 from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
 from models.encoder import rerank_scores
 
 from .batching import TextBatcher
+from .duplicates import NearDuplicates
+from .ranking import SEARCH_MODES, CutOff, fuse
 
 log = logging.getLogger(__name__)
 
@@ -46,48 +47,6 @@ class Results:
     took_ms: float
     reranked: bool
     filtered: int = 0  # candidates the relevance cut-off removed
-
-
-SEARCH_MODES = ("vector", "keyword", "hybrid")
-# Near duplicates: the embedding proposes this many nearest images above this cosine, and the
-# pixel test of index.neardup decides (bench/quality_duplicates.py: every edited copy measured
-# lies within the embedding's nearest few and above this cosine).
-DUPLICATE_CANDIDATES = 5
-DUPLICATE_MIN_COSINE = 0.5
-SIGNATURE_CACHE = 64  # signatures (420 kB each) kept within one batch or page
-# Reciprocal rank fusion constant (Cormack et al. 2009): 60 keeps one list's top hit from
-# outweighing an item both lists rank well.
-RRF_K = 60
-
-
-@dataclass(frozen=True)
-class CutOff:
-    """Relevance cut-off of a text search: hits below either bound are left out."""
-
-    min_match: float | None = None
-    min_score: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.min_match is not None or self.min_score is not None
-
-    def keeps(self, score: float, match: float | None) -> bool:
-        if self.min_score is not None and score < self.min_score:
-            return False
-        return self.min_match is None or (match is not None and match >= self.min_match)
-
-
-def fuse(vector: Sequence[int], keyword: Sequence[int], k: int = RRF_K) -> list[int]:
-    """Reciprocal rank fusion of two ranked id lists: sum of 1/(k + rank) over the lists an id
-    appears in, best first. Ties go to the better keyword rank, then the vector rank: the
-    keyword side's first (every word of the query in its metadata) ties with the vector side's
-    first, and the vector side returns a first hit for any query at all."""
-    vrank = {i: r for r, i in enumerate(vector, 1)}
-    krank = {i: r for r, i in enumerate(keyword, 1)}
-    fused = {i: sum(1.0 / (k + ranks[i]) for ranks in (vrank, krank) if i in ranks)
-             for i in {*vrank, *krank}}
-    missing = len(vector) + len(keyword) + 1
-    return sorted(fused, key=lambda i: (-fused[i], krank.get(i, missing), vrank.get(i, missing)))
 
 
 class CaptionIndex:
@@ -152,6 +111,7 @@ class SearchService:
         self.rerank_depth = rerank_depth
         self.max_pixels = max_pixels
         self.captions = CaptionIndex(model, store)
+        self.duplicates = NearDuplicates(store, max_pixels)
         # concurrent text queries share one encoder pass (app/batching.py); 1 turns it off
         self.text_encoder = TextBatcher(model.encode_texts, max_batch=text_batch)
 
@@ -381,67 +341,6 @@ class SearchService:
             path, _ = self.store.file_path(item_id)
             img = decode_image(path.read_bytes(), self.max_pixels)
             return self.model.image_tokens([img.image])
-
-    # ---- near duplicates --------------------------------------------------------------------
-    def _signature(self, item_id: int, cache: dict[int, Signature] | None = None) -> Signature:
-        """Raises ItemNotFound, StoreError for a missing file, BadImage for an unreadable one."""
-        if cache is not None and item_id in cache:
-            return cache[item_id]
-        path, _ = self.store.file_path(item_id)
-        # a JPEG is decoded at 1/2 to 1/8 scale: the signature reads a 96-pixel copy
-        image = decode_image(path.read_bytes(), self.max_pixels, reduce_to=(192, 192)).image
-        sig = signature(image)
-        if cache is not None:
-            if len(cache) >= SIGNATURE_CACHE:
-                cache.clear()
-            cache[item_id] = sig
-        return sig
-
-    def near_duplicates(self, item_id: int, cache: dict[int, Signature] | None = None
-                        ) -> list[tuple[Item, float]]:
-        """Stored near duplicates of a stored image (re-encoded, resized, slightly cropped,
-        brightened copies), most similar first, as (item, similarity).
-
-        Candidates are the image's nearest neighbours by embedding; each is confirmed by the
-        aligned pixel test of ``index.neardup`` (threshold chosen in docs/search-quality.md).
-        ``cache`` keeps signatures between calls (a batch of uploads, a page of groups).
-        Raises ItemNotFound.
-        """
-        self.store.get(item_id)
-        emb = self.store.embedding(item_id)
-        candidates = self.store.search(emb[None, :], DUPLICATE_CANDIDATES,
-                                       exclude_ids={item_id})[0]
-        mine = self._signature(item_id, cache)
-        found: list[tuple[int, float]] = []
-        for cand, cosine in candidates:
-            if cosine < DUPLICATE_MIN_COSINE:
-                break
-            try:
-                sim = similarity(mine, self._signature(cand, cache))
-            except Exception as exc:  # deleted meanwhile, or its file unreadable
-                log.info("near-duplicate check of %d skipped: %s", cand, exc)
-                continue
-            if sim >= DUPLICATE_THRESHOLD:
-                found.append((cand, sim))
-        items = self.store.get_many([i for i, _ in found])
-        return sorted(((items[i], s) for i, s in found if i in items), key=lambda p: -p[1])
-
-    def duplicate_groups(self, offset: int, limit: int
-                         ) -> tuple[list[tuple[Item, list[tuple[Item, float]]]], int]:
-        """Groups of near duplicates among one page of the collection (newest first): each
-        image of the page that has near duplicates, with them. Returns (groups, the number of
-        images paged over). Raises ValueError for a negative offset or limit."""
-        items, total = self.store.list(offset=offset, limit=limit)
-        groups = []
-        cache: dict[int, Signature] = {}
-        for item in items:
-            try:
-                dups = self.near_duplicates(item.id, cache)
-            except ItemNotFound:  # deleted meanwhile
-                continue
-            if dups:
-                groups.append((item, dups))
-        return groups, total
 
     def explain(self, image_id: int, text: str) -> dict[str, object]:
         """Raises ItemNotFound; ModelLoadError when the model has no fusion head."""

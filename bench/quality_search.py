@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.service import CutOff, SearchService
+from app.ranking import CutOff
+from app.service import SearchService
 from index import Store
 from models import decode_image, load_model
 from models import synthetic as syn

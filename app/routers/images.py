@@ -79,7 +79,7 @@ def _uploaded(service: SearchService, results: list[tuple[Item, bool]]
     out = []
     cache: dict[int, Signature] = {}
     for item, dup in results:
-        near = [] if dup else service.near_duplicates(item.id, cache)
+        near = [] if dup else service.duplicates.of(item.id, cache)
         out.append((item, dup, near))
     return out
 
@@ -187,7 +187,7 @@ def get_image(request: Request, service: ServiceDep, item_id: ItemId) -> ItemOut
             summary="Stored near duplicates of an image (re-encoded, resized, cropped, brightened)")
 def image_duplicates(request: Request, service: ServiceDep, item_id: ItemId
                      ) -> DuplicatesResponse:
-    near = service.near_duplicates(item_id)
+    near = service.duplicates.of(item_id)
     return DuplicatesResponse(id=item_id, duplicates=[near_out(request, d, s) for d, s in near])
 
 
@@ -200,7 +200,7 @@ def duplicate_groups(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DuplicateGroupPage:
-    groups, total = service.duplicate_groups(offset, limit)
+    groups, total = service.duplicates.groups(offset, limit)
     return DuplicateGroupPage(
         groups=[DuplicateGroup(item=item_out(request, it),
                                duplicates=[near_out(request, d, s) for d, s in near])

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError
+from ..ranking import CutOff
 from ..schemas import (
     MAX_QUERY_CHARS,
     TEXT_PATTERN,
@@ -25,7 +26,7 @@ from ..schemas import (
     TextSearch,
     TextSearchResponse,
 )
-from ..service import CutOff, Results, ScoredHit, SearchService
+from ..service import Results, ScoredHit, SearchService
 from ..settings import Settings
 from .images import file_url, read_upload
 
