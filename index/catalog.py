@@ -245,8 +245,10 @@ class Catalog:
         """Create the full-text table on a catalog written before it existed, filled from the
         rows already there, in one transaction (a crash leaves the old schema, retried next
         open)."""
+        if fulltext.exists(self._writer):  # the usual case: no write lock for a look
+            return
         with self._write() as conn:
-            if fulltext.exists(conn):
+            if fulltext.exists(conn):  # created by another process meanwhile
                 return
             filled = fulltext.create_and_fill(conn)
             log.info("created the full-text index over %d existing rows", filled)
