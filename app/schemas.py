@@ -165,7 +165,7 @@ class TextSearch(_SearchBase):
     min_match: float | None = Field(
         None, ge=0.0, le=1.0, description="leave out hits whose attention-fusion match "
         "probability is under this (the web page hides hits under 0.3, the threshold chosen "
-        "on the val split in docs/search-quality.md)")
+        "on the OOD val split in docs/search-quality.md)")
     min_score: float | None = Field(
         None, ge=-1.0, le=1.0, description="leave out hits whose cosine is under this")
 

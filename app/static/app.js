@@ -8,7 +8,7 @@
   const MAX_K = 1000;
   const KEY_STORE = "fusion-search.apiKey";
   // Hits under this match probability are hidden behind "show weaker matches": the threshold
-  // with the best F1 of kept hits on the val split (docs/search-quality.md); re-measure it
+  // with the best F1 of kept hits on the OOD val split (docs/search-quality.md); re-measure it
   // (python -m bench.quality_search cutoff) when the match head or its calibration changes.
   const MIN_MATCH = 0.3;
 
