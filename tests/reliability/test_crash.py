@@ -38,9 +38,10 @@ UPLOADERS = 3
 PLAN = ("random", "snapshot", "delete", "boundary", "snapshot", "random")
 # A "snapshot" or "delete" cycle is run again (after a restart) until its kill provably landed
 # inside a snapshot write (the temp file outlived the process) or a delete (one went unanswered).
-PROOF_TRIES = 4
+PROOF_TRIES = 6
 SNAPSHOT_WAIT_S = 8.0
 DELETE_PAUSE_S = 0.3  # between deletes, outside "delete" cycles
+DELETE_KILL_DELAY_S = (0.0002, 0.002)  # after a delete request is sent, in "delete" cycles
 MAX_ACKS_PER_CYCLE = 60
 FIRST_ACK_WAIT_S = 60.0
 
@@ -110,9 +111,11 @@ def _uploader(url: str, ledger: Ledger, stop: threading.Event,
                 on_ack(count)
 
 
-def _deleter(url: str, ledger: Ledger, stop: threading.Event, seed: int, pause: float) -> None:
+def _deleter(url: str, ledger: Ledger, stop: threading.Event, seed: int, pause: float,
+             on_send: Callable[[], None] | None = None) -> None:
     """Delete acknowledged items, one at a time; an unanswered delete may or may not have
-    happened, so its item leaves both the must-exist and the must-be-gone sets."""
+    happened, so its item leaves both the must-exist and the must-be-gone sets. ``on_send`` runs
+    just before each request goes out (a "delete" cycle arms its kill there)."""
     rng = random.Random(seed)
     with httpx.Client(base_url=url, timeout=60.0) as client:
         while not stop.is_set():
@@ -123,13 +126,17 @@ def _deleter(url: str, ledger: Ledger, stop: threading.Event, seed: int, pause: 
             if victim is None:
                 stop.wait(0.05)
                 continue
+            if on_send is not None:
+                on_send()
             try:
                 resp = client.delete(f"{API}/images/{victim.item_id}")
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 with ledger.lock:
                     ledger.unknown.add(victim.sha256)
                     ledger.unanswered_deletes += 1
-                    ledger.cycle_unanswered_deletes += 1
+                    # a refused connection never reached the server: not a kill mid-delete
+                    if not isinstance(exc, httpx.ConnectError):
+                        ledger.cycle_unanswered_deletes += 1
                 stop.wait(0.05)
                 continue
             if ledger.answer(f"delete {victim.item_id}", resp, 200):
@@ -215,8 +222,17 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
     threads.append(threading.Thread(target=_searcher,
                                     args=(server.url, ledger, stop, rng.randrange(1 << 30))))
     pause = 0.0 if kind == "delete" else DELETE_PAUSE_S
+    kill_delay = rng.uniform(*DELETE_KILL_DELAY_S)
+
+    def on_delete_sent() -> None:
+        # Kill a few milliseconds after a delete leaves, once some have been answered: the
+        # server is then inside that request (parsing it, in its transaction, or removing the
+        # vector and file), whatever the machine's speed.
+        if kind == "delete" and ledger.cycle_deletes >= 3 and not killed.is_set():
+            threading.Timer(kill_delay, kill_now).start()
+
     threads.append(threading.Thread(target=_deleter, args=(
-        server.url, ledger, stop, rng.randrange(1 << 30), pause)))
+        server.url, ledger, stop, rng.randrange(1 << 30), pause, on_delete_sent)))
     for t in threads:
         t.start()
     started = time.monotonic()
@@ -235,9 +251,7 @@ def _run_cycle(server: LiveServer, ledger: Ledger, kind: str, rng: random.Random
                 kill_now()
             time.sleep(0)
     elif kind == "delete":
-        while ledger.cycle_deletes < 3 and time.monotonic() - started < SNAPSHOT_WAIT_S:
-            time.sleep(0.01)
-        killed.wait(rng.uniform(0.0, 0.3))
+        killed.wait(SNAPSHOT_WAIT_S)  # the deleter's hook kills
     else:
         killed.wait(SNAPSHOT_WAIT_S)
     kill_now()
