@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+
+from models import DecodedImage
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError
@@ -33,6 +36,7 @@ from .images import file_url, read_upload
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[ReadAuth])
 
 M = TypeVar("M", bound=BaseModel)
+Q = TypeVar("Q", ImageIdSearch, ComposedIdSearch)
 
 
 def _hit(request: Request, hit: ScoredHit) -> Hit:
@@ -147,36 +151,39 @@ def search_text(request: Request, body: TextSearch, service: ServiceDep) -> Text
     return _text_response(request, results, _fusion(service), body.mode)
 
 
-async def _image_search(request: Request, service: SearchService, settings: Settings,
-                        form_only: bool) -> SearchResponse:
+async def _search_by_image(
+    request: Request, service: SearchService, settings: Settings, form_only: bool,
+    schema: type[Q], search: Callable[[DecodedImage | None, int | None, Q], Results],
+) -> SearchResponse:
+    """Image and composed search: by a stored image id (JSON) or an uploaded file (form)."""
     fields, upload = await _read_body(request, settings, form_only)
     if upload is not None:
         fields.setdefault("image_id", 1)  # validated separately from the file
-        q = _validate(ImageIdSearch, fields)
+    q = _validate(schema, fields)
+    if upload is not None:
         image = await run_in_threadpool(service.decode, upload.data)
-        results = await run_in_threadpool(service.search_image, image, None, q.k, q.tags,
-                                          q.target)
+        results = await run_in_threadpool(search, image, None, q)
     else:
-        q = _validate(ImageIdSearch, fields)
-        results = await run_in_threadpool(service.search_image, None, q.image_id, q.k, q.tags,
-                                          q.target)
+        results = await run_in_threadpool(search, None, q.image_id, q)
     return _response(request, results, _fusion(service))
+
+
+async def _image_search(request: Request, service: SearchService, settings: Settings,
+                        form_only: bool) -> SearchResponse:
+    def search(image: DecodedImage | None, image_id: int | None, q: ImageIdSearch) -> Results:
+        return service.search_image(image, image_id, q.k, q.tags, q.target)
+
+    return await _search_by_image(request, service, settings, form_only, ImageIdSearch, search)
 
 
 async def _composed_search(request: Request, service: SearchService, settings: Settings,
                            form_only: bool) -> SearchResponse:
-    fields, upload = await _read_body(request, settings, form_only)
-    if upload is not None:
-        fields.setdefault("image_id", 1)
-        q = _validate(ComposedIdSearch, fields)
-        image = await run_in_threadpool(service.decode, upload.data)
-        results = await run_in_threadpool(service.search_composed, image, None, q.text, q.k,
-                                          q.tags)
-    else:
-        q = _validate(ComposedIdSearch, fields)
-        results = await run_in_threadpool(service.search_composed, None, q.image_id, q.text,
-                                          q.k, q.tags)
-    return _response(request, results, _fusion(service))
+    def search(image: DecodedImage | None, image_id: int | None,
+               q: ComposedIdSearch) -> Results:
+        return service.search_composed(image, image_id, q.text, q.k, q.tags)
+
+    return await _search_by_image(request, service, settings, form_only, ComposedIdSearch,
+                                  search)
 
 
 @router.post("/search/image", response_model=SearchResponse,
