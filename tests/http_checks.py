@@ -1,11 +1,18 @@
-"""HTTP checks shared by the API and reliability suites (tests/ is on the import path)."""
+"""HTTP checks and server-process helpers shared by the API, reliability and browser suites
+(tests/ is on the import path)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
 
 
 class ResponseLike(Protocol):
@@ -55,6 +62,62 @@ def listening_socket() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     return sock
+
+
+def start_uvicorn(env: Mapping[str, str], cwd: Path, log: Path,
+                  header: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m uvicorn app.main:create_app --factory``, its output appended to ``log`` (after
+    a line ``==== {header} on port N``, when given a header).
+
+    The socket is bound here, on port 0, and handed over with ``--fd``: the port is the server's
+    from the first moment, with no moment in which another process could take it. Returns the
+    process and its port."""
+    with listening_socket() as sock, log.open("ab") as out:  # the child holds its own copies
+        port = int(sock.getsockname()[1])
+        if header is not None:
+            out.write(f"\n==== {header} on port {port}\n".encode())
+            out.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+             "--fd", str(sock.fileno()), "--log-level", "warning"],
+            cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+        )
+    return proc, port
+
+
+class NotReady(Exception):
+    """A server process exited, or its /ready did not answer 200 in time."""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Return once ``{url}/ready`` answers 200.
+
+    Raises NotReady when the process exits first or ``timeout`` seconds pass; the process is left
+    as it is, for the caller to stop and to read its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NotReady(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise NotReady(f"server not ready after {timeout}s")
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL when the process has not exited within ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def missing_tool(message: str) -> None:

@@ -7,17 +7,15 @@ import io
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from fastapi.testclient import TestClient
-from http_checks import free_port
+from http_checks import NotReady, free_port, wait_ready
 from PIL import Image
 
 from app.main import create_app
@@ -189,27 +187,14 @@ class Server:
                      "--log-level", "warning"],
                     cwd=self.data_dir.parent, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 )
-            if self._wait_ready():
+            try:
+                wait_ready(self.proc, self.url, START_TIMEOUT_S)
                 return
+            except NotReady:
+                self.kill()
             if "address already in use" not in self.log.read_text(errors="replace").lower():
                 break
         raise AssertionError(f"server did not start:\n{self.log.read_text(errors='replace')}")
-
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.proc.kill()
-        self.proc.wait(timeout=60)
-        return False
 
     def stop(self, sig: int) -> int:
         assert self.proc is not None

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-from api_support import cli_command, subprocess_env
-from http_checks import free_port
-
-# Generous: start-up imports torch on cores shared with other work.
-START_TIMEOUT_S = 300
+from api_support import START_TIMEOUT_S, cli_command, subprocess_env
+from http_checks import NotReady, free_port, terminate, wait_ready
 
 
 class ServeProcess:
@@ -35,28 +30,13 @@ class ServeProcess:
 
     def wait_ready(self) -> None:
         """Return once /ready answers 200; raise with the log if it exits or never does."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n"
-                                     f"{self.output()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server not ready after {START_TIMEOUT_S}s:\n"
-                             f"{self.output()[-3000:]}")
+        try:
+            wait_ready(self.proc, self.url, START_TIMEOUT_S)
+        except NotReady as exc:
+            raise AssertionError(f"{exc}:\n{self.output()[-3000:]}") from None
 
     def wait_exit(self, timeout: float = 120) -> int:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, grace=30)

@@ -6,15 +6,13 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import httpx
+from http_checks import NotReady, start_uvicorn, wait_ready
 
 from app.settings import Settings
 from models import synthetic as syn
@@ -90,47 +88,21 @@ class LiveServer:
         return env
 
     def start(self, timeout: float = 180.0) -> None:
-        """Start the process and wait until /ready answers 200.
-
-        The socket is bound here, on port 0, and handed to uvicorn (``--fd``): the port is the
-        server's from the start, with no moment in which another process could take it.
+        """Start the process (on a port of its own from the first moment: see start_uvicorn)
+        and wait until /ready answers 200.
 
         Raises RuntimeError (with the log's tail) when it exits or never gets ready.
         """
         assert self.proc is None, "already running"
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self.port = int(sock.getsockname()[1])
         self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n==== start {self.starts} on port {self.port}\n".encode())
-        log.flush()
         # cwd outside the repo: no .env file is read, the app is found as an installed package.
+        self.proc, self.port = start_uvicorn(self._env(), self.data_dir.parent, self.log_path,
+                                             header=f"start {self.starts}")
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                 "--fd", str(sock.fileno()), "--log-level", "warning"],
-                env=self._env(), cwd=self.data_dir.parent, stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=(sock.fileno(),),
-            )
-        finally:
-            sock.close()  # the child holds its own copy
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                raise RuntimeError(f"server exited with {code} during start:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+            wait_ready(self.proc, self.url, timeout)
+        except NotReady as exc:
+            self.kill()
+            raise RuntimeError(f"{exc} during start:\n{self.log_tail()}") from None
 
     def kill(self) -> None:
         """SIGKILL: no lifespan exit, no snapshot, no cleanup."""
