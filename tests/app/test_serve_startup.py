@@ -23,6 +23,16 @@ from app.startup import StartupError, check_bind, check_weights, is_loopback
 TAG_MODEL, TAG = "ViT-B-32", "laion2b_s34b_b79k"
 
 
+def serve_until_exit(root: Path, timeout: float = 120, **kwargs: str) -> tuple[int, str]:
+    """`fusion-search serve` that is to stop on its own: its exit status and its output."""
+    srv = ServeProcess(root, **kwargs)
+    try:
+        code = srv.wait_exit(timeout=timeout)
+    finally:
+        srv.stop()
+    return code, srv.output()
+
+
 # ---- the bind check ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
@@ -54,12 +64,8 @@ def test_check_bind_decides_by_address_key_and_override(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_open_writes_on_every_interface(tmp_path: Path) -> None:
-    srv = ServeProcess(tmp_path, host="0.0.0.0")
-    try:
-        assert srv.wait_exit(timeout=120) == 2
-    finally:
-        srv.stop()
-    out = srv.output()
+    code, out = serve_until_exit(tmp_path, host="0.0.0.0")
+    assert code == 2
     assert "refusing to start: --host 0.0.0.0" in out
     assert "FUSION_ALLOW_OPEN_WRITES=true" in out and "FUSION_API_KEY" in out
     assert "Traceback" not in out
@@ -91,12 +97,8 @@ def _outward_address() -> str:
 
 
 def test_serve_rejects_a_bad_setting_without_a_stack_trace(tmp_path: Path) -> None:
-    srv = ServeProcess(tmp_path, FUSION_ALLOW_OPEN_WRITES="perhaps")
-    try:
-        assert srv.wait_exit(timeout=120) == 2
-    finally:
-        srv.stop()
-    out = srv.output()
+    code, out = serve_until_exit(tmp_path, FUSION_ALLOW_OPEN_WRITES="perhaps")
+    assert code == 2
     assert "allow_open_writes" in out and "Traceback" not in out
 
 
@@ -104,13 +106,9 @@ def test_serve_rejects_a_bad_setting_without_a_stack_trace(tmp_path: Path) -> No
 
 def test_serve_names_the_tag_and_the_way_out_when_offline(tmp_path: Path) -> None:
     """HF_HUB_OFFLINE=1 (the suite's setting) and an empty cache: the tag cannot be had."""
-    srv = ServeProcess(tmp_path, FUSION_MODEL=TAG_MODEL, FUSION_PRETRAINED=TAG,
-                       HF_HOME=str(tmp_path / "hf-home"))
-    try:
-        assert srv.wait_exit(timeout=300) == 2
-    finally:
-        srv.stop()
-    out = srv.output()
+    code, out = serve_until_exit(tmp_path, timeout=300, FUSION_MODEL=TAG_MODEL,
+                                 FUSION_PRETRAINED=TAG, HF_HOME=str(tmp_path / "hf-home"))
+    assert code == 2
     assert f"cannot load model '{TAG_MODEL}' with pretrained tag '{TAG}'" in out
     assert "downloads are off (HF_HUB_OFFLINE=1)" in out
     assert str(tmp_path / "hf-home") in out  # where it looked
@@ -123,15 +121,11 @@ def test_serve_names_the_tag_when_the_hub_cannot_be_reached(tmp_path: Path) -> N
     """Downloads allowed, but no network: a hub at a closed local port stands for it."""
     hub = f"http://127.0.0.1:{free_port()}"
     no_proxy = {v: "" for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")}
-    srv = ServeProcess(tmp_path, FUSION_MODEL=TAG_MODEL, FUSION_PRETRAINED=TAG,
-                       HF_HUB_OFFLINE="0", HF_ENDPOINT=hub, HF_HOME=str(tmp_path / "hf-home"),
-                       **no_proxy)
     started = time.monotonic()
-    try:
-        assert srv.wait_exit(timeout=300) == 2
-    finally:
-        srv.stop()
-    out = srv.output()
+    code, out = serve_until_exit(tmp_path, timeout=300, FUSION_MODEL=TAG_MODEL,
+                                 FUSION_PRETRAINED=TAG, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub,
+                                 HF_HOME=str(tmp_path / "hf-home"), **no_proxy)
+    assert code == 2
     assert f"cannot load model '{TAG_MODEL}' with pretrained tag '{TAG}'" in out
     assert "cannot be reached" in out and hub.removeprefix("http://") in out
     assert f"FUSION_MODEL={TAG_MODEL} FUSION_PRETRAINED=/models/" in out
