@@ -1,127 +1,44 @@
 """The web page in a real browser: a uvicorn server in a subprocess, Debian's chromium, Playwright.
 
-`make browser` (run by `make test`) installs chromium from Debian; Playwright's own browser
-download is never used. Tests that depend on ranking quality check it only once the bundled model
-is trained (``/api/v1/info`` says so); everything else holds with untrained weights too.
+Tests that depend on ranking quality check it only once the bundled model is trained
+(``/api/v1/info`` says so); everything else holds with untrained weights too. The server, the
+browser and the steps on the page are in browser_support.py and conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from http_checks import listening_socket, missing_tool
+from browser_support import (
+    DEMO_COUNT,
+    TIMEOUT_MS,
+    Browser,
+    Page,
+    Server,
+    card,
+    expect,
+    new_page,
+    open_home,
+    ready,
+    result_ids,
+    scene_file,
+    spawn_server,
+    stop_server,
+    text_search,
+    wait_thumbnails,
+)
 
-from app.demo import DEMO_IMAGE_SIZE, DEMO_SPLIT
-from models import synthetic as syn
-
-try:
-    from playwright import sync_api
-except ImportError:
-    missing_tool("playwright is not installed: pip install -e '.[test]'")
-Browser = sync_api.Browser
-Page = sync_api.Page
-expect = sync_api.expect
-
-CHROMIUM = os.environ.get("FUSION_E2E_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
-if not Path(CHROMIUM).exists():
-    missing_tool(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
+from app.demo import DEMO_SPLIT
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot.png"
-DEMO_COUNT = 60
-TIMEOUT_MS = 30_000  # the machine may be busy; searches usually take milliseconds
 API_KEY = "e2e-secret-key"
-
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-# ---- a real server ---------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    data_dir: Path
-
-    def info(self, key: str | None = None) -> dict[str, Any]:
-        headers = {"X-API-Key": key} if key else {}
-        r = httpx.get(f"{self.url}/api/v1/info", headers=headers, timeout=30)
-        r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=30)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
-
-
-def spawn_server(root: Path, demo_count: int = DEMO_COUNT, **env: str) -> Server:
-    """Start uvicorn on a port of its own with a fresh data dir; see wait_ready."""
-    root.mkdir(parents=True, exist_ok=True)
-    data_dir = root / "data"
-    sock = listening_socket()  # bound here and handed over: no other process can take it
-    port = int(sock.getsockname()[1])
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
-    environ.update({
-        "FUSION_DATA_DIR": str(data_dir), "FUSION_DEMO": "true",
-        "FUSION_DEMO_COUNT": str(demo_count), "HF_HUB_OFFLINE": "1",
-        # FAISS's and torch's OpenMP threads spin on busy shared cores; the data here is tiny
-        "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-        **env,
-    })
-    log = root / "server.log"
-    with sock, log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-             "--fd", str(sock.fileno()), "--log-level", "warning"],
-            cwd=root, env=environ, stdout=out, stderr=subprocess.STDOUT,
-            pass_fds=(sock.fileno(),),
-        )
-    return Server(f"http://127.0.0.1:{port}", proc, log, data_dir)
-
-
-def wait_ready(server: Server, timeout: float = 300) -> Server:
-    """Return once /ready answers 200; stop the server and raise if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({server.proc.returncode}):\n"
-                               f"{server.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"the server was not ready in time:\n{server.log.read_text()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    if server.proc.poll() is not None:
-        return
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -141,82 +58,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
 
 @pytest.fixture(scope="module")
 def server(servers: dict[str, Server]) -> Server:
-    return wait_ready(servers["demo"])
+    return ready(servers["demo"])
 
 
 @pytest.fixture(scope="module")
 def auth_server(servers: dict[str, Server]) -> Server:
-    return wait_ready(servers["auth"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def _new_page(browser: Browser, width: int = 1280, height: int = 900) -> tuple[Page, list[str]]:
-    context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return page, errors
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    pg, errors = _new_page(browser)
-    yield pg
-    pg.context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-
-
-# ---- helpers -----------------------------------------------------------------------------------
-
-def scene_file(tmp_path: Path, split: str, i: int) -> tuple[Path, str]:
-    """A generated scene saved as PNG, and its true caption."""
-    ex = syn.example(split, i, size=DEMO_IMAGE_SIZE)
-    path = tmp_path / f"{split}_{i}.png"
-    ex.image.save(path, format="PNG")
-    return path, ex.caption
-
-
-def open_home(page: Page, server: Server, query: str = "") -> None:
-    page.goto(f"{server.url}/" + (f"?q={query}" if query else ""))
-    expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    expect(page.get_by_test_id("result").first).to_be_visible()
-
-
-def text_search(page: Page, query: str, tags: str = "") -> None:
-    page.get_by_test_id("tag-filter").fill(tags)
-    box = page.get_by_test_id("q")
-    box.fill(query)
-    box.press("Enter")  # Enter submits
-    expect(page.get_by_test_id("results-title")).to_contain_text(query)
-    expect(page.locator("#main")).to_have_attribute("aria-busy", "false")
-
-
-def result_ids(page: Page) -> list[int]:
-    ids = page.get_by_test_id("result").evaluate_all("els => els.map(e => e.dataset.id)")
-    return [int(i) for i in ids]
-
-
-def card(page: Page, item_id: int) -> Any:
-    return page.locator(f'[data-testid="result"][data-id="{item_id}"]')
-
-
-def wait_thumbnails(page: Page) -> None:
-    """Every shown thumbnail in the first screen has loaded (weak matches hidden behind "show
-    weaker matches" are not shown, so their lazy images never load)."""
-    page.wait_for_function("""() => {
-        const imgs = [...document.querySelectorAll('#results img')]
-            .filter(i => i.offsetParent !== null)
-            .filter(i => i.getBoundingClientRect().top < window.innerHeight);
-        return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
-    }""")
+    return ready(servers["auth"])
 
 
 # ---- tests ---------------------------------------------------------------------------------
@@ -486,7 +333,7 @@ def test_key_field_appears_on_401(page: Page, server: Server, tmp_path: Path) ->
 
 def test_api_key_prompt_with_protected_reads(browser: Browser, auth_server: Server) -> None:
     srv = auth_server
-    page, errors = _new_page(browser)
+    page, errors = new_page(browser)
     try:
         page.goto(f"{srv.url}/")
         expect(page.locator("body")).to_have_attribute("data-ready", "true")
@@ -521,7 +368,7 @@ def test_api_key_prompt_with_protected_reads(browser: Browser, auth_server: Serv
 
 
 def test_phone_width_has_no_horizontal_scroll(browser: Browser, server: Server) -> None:
-    page, errors = _new_page(browser, 375, 800)
+    page, errors = new_page(browser, 375, 800)
     try:
         open_home(page, server)
         text_search(page, "a yellow triangle")

@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_page import (
-    Browser,
+from browser_support import (
     Page,
     Server,
-    _new_page,
     expect,
     open_home,
     result_ids,
-    spawn_server,
-    stop_server,
+    serving,
     text_search,
-    wait_ready,
 )
 
 from app.demo import DEMO_IMAGE_SIZE
@@ -31,29 +27,8 @@ MIN_MATCH = 0.3  # the page's threshold (app/static/app.js), chosen in docs/sear
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = spawn_server(tmp_path_factory.mktemp("e2e-modes"), demo_count=40)
-    try:
-        yield wait_ready(srv)
-    finally:
-        stop_server(srv)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    from test_page import CHROMIUM, CHROMIUM_ARGS, sync_api
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    pg, errors = _new_page(browser)
-    yield pg
-    pg.context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with serving(tmp_path_factory.mktemp("e2e-modes"), demo_count=40) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -13,38 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_page import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    TIMEOUT_MS,
-    Server,
-    scene_file,
-    spawn_server,
-    stop_server,
-    sync_api,
-    wait_ready,
-)
-
-Browser = sync_api.Browser
-Page = sync_api.Page
-expect = sync_api.expect
+from browser_support import TIMEOUT_MS, Browser, Page, Server, expect, scene_file, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = spawn_server(tmp_path_factory.mktemp("swagger"), demo_count=12)
-    try:
-        yield wait_ready(srv)
-    finally:
-        stop_server(srv)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with serving(tmp_path_factory.mktemp("swagger"), demo_count=12) as srv:
+        yield srv
 
 
 # ReDoc's sidebar shows a logo from cdn.redoc.ly; the pages' Content-Security-Policy stops it in
