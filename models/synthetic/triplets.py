@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -61,6 +62,26 @@ def _refit(objs: list[Obj], scene: Scene, rng: np.random.Generator) -> tuple[Obj
     return _with_pair_positions(a.attrs, b.attrs, rel, rng)
 
 
+def _change_one(
+    scene: Scene,
+    order: list[int],
+    rng: np.random.Generator,
+    candidates: Callable[[int], list[str]],
+    templates: tuple[str, ...],
+    none_left: str,
+) -> tuple[int, str, str, str]:
+    """The first object in ``order`` with a value to change to: its index, the new value (one of
+    ``candidates(index)``), how the text refers to it, and a template. Raises ValueError
+    (``none_left``) when no object has one."""
+    for i in order:
+        cands = candidates(i)
+        if cands:
+            new = _pick(rng, cands)
+            ref = _refer(scene, i, rng, allow_it=True)
+            return i, new, ref, _pick(rng, templates)
+    raise ValueError(none_left)
+
+
 def compose_triplet(
     scene: Scene,
     rng: np.random.Generator,
@@ -88,51 +109,28 @@ def compose_triplet(
         return pair in allowed and all(o.pair != pair for k, o in enumerate(objs) if k != i)
 
     if kind == "recolour":
-        for i in order:
-            o = objs[i]
-            cands = [c for c in COLORS if c != o.color and free_pair(i, (c, o.shape))]
-            if not cands:
-                continue
-            new = _pick(rng, cands)
-            ref = _refer(scene, i, rng, allow_it=True)
-            tmpl = _pick(
-                rng,
-                (
-                    "make {r} {c}",
-                    "change {r} to {c}",
-                    "the same but {r} is {c}",
-                    "paint {r} {c}",
-                    "color {r} {c}",
-                ),
-            )
-            text = tmpl.format(r=ref, c=new)
-            objs[i] = replace(o, color=new)
-            break
-        else:
-            raise ValueError("no colour left to recolour to")
+        i, new, ref, tmpl = _change_one(
+            scene, order, rng,
+            lambda k: [c for c in COLORS
+                       if c != objs[k].color and free_pair(k, (c, objs[k].shape))],
+            ("make {r} {c}", "change {r} to {c}", "the same but {r} is {c}", "paint {r} {c}",
+             "color {r} {c}"),
+            "no colour left to recolour to",
+        )
+        text = tmpl.format(r=ref, c=new)
+        objs[i] = replace(objs[i], color=new)
     elif kind == "reshape":
-        for i in order:
-            o = objs[i]
-            cands = [s for s in SHAPES if s != o.shape and free_pair(i, (o.color, s))]
-            if not cands:
-                continue
-            new = _pick(rng, cands)
-            ref = _refer(scene, i, rng, allow_it=True)
-            tmpl = _pick(
-                rng,
-                (
-                    "turn {r} into {a}",
-                    "make {r} {a}",
-                    "change {r} into {a}",
-                    "replace {r} with {ac}",
-                    "swap {r} for {ac}",
-                ),
-            )
-            text = tmpl.format(r=ref, a=_with_article(new), ac=_with_article(f"{o.color} {new}"))
-            objs[i] = replace(o, shape=new)
-            break
-        else:
-            raise ValueError("no shape left to reshape to")
+        i, new, ref, tmpl = _change_one(
+            scene, order, rng,
+            lambda k: [s for s in SHAPES
+                       if s != objs[k].shape and free_pair(k, (objs[k].color, s))],
+            ("turn {r} into {a}", "make {r} {a}", "change {r} into {a}", "replace {r} with {ac}",
+             "swap {r} for {ac}"),
+            "no shape left to reshape to",
+        )
+        o = objs[i]
+        text = tmpl.format(r=ref, a=_with_article(new), ac=_with_article(f"{o.color} {new}"))
+        objs[i] = replace(o, shape=new)
     elif kind == "resize":
         i = order[0]
         o = objs[i]
