@@ -52,7 +52,7 @@ MUTANTS ?= 'app.service.xǁSearchServiceǁsearch_text__mutmut_*' \
 	'app.service.xǁSearchServiceǁ_rerank__mutmut_*' 'app.service.xǁSearchServiceǁ_hits__mutmut_*' \
 	'app.service.xǁSearchServiceǁsearch_vector__mutmut_*' \
 	'app.service.xǁSearchServiceǁsearch_composed__mutmut_*' \
-	'app.service.xǁSearchServiceǁexplain__mutmut_*' 'models.encoder.x_rerank_scores__mutmut_*' \
+	'app.service.xǁSearchServiceǁexplain__mutmut_*' 'models.rerank.x_rerank_scores__mutmut_*' \
 	'models.fusion.xǁAttentionFusionǁscore_from__mutmut_*' \
 	'models.fusion.xǁAttentionFusionǁcompose__mutmut_*' 'index.store.xǁStoreǁsearch__mutmut_*'
 mutation: $(STAMP)

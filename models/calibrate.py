@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from . import synthetic as syn
-from .encoder import FUSION_KIND, RetrievalModel
 from .evaluate import (
     World,
     _rank,
@@ -30,6 +29,7 @@ from .evaluate import (
     out_of_distribution,
     pair_logits,
 )
+from .retrieval import FUSION_KIND, RetrievalModel
 
 BINS = 15
 

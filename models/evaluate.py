@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 from . import synthetic as syn
-from .encoder import FUSION_KIND, RetrievalModel, TextBatch, rerank_scores
 from .fusion import Batch
+from .rerank import rerank_scores
+from .retrieval import FUSION_KIND, RetrievalModel
 from .synthetic import ood
 from .synthetic.ood_phrasing import phrase_ood
+from .text_tower import TextBatch
 
 WORLDS = ("in_distribution", "ood")
 
@@ -193,7 +195,7 @@ def retrieval(model: RetrievalModel, world: World, n: int, depth: int) -> dict[s
         by[g] = {"r1": _r(h[mask].mean()) if mask.any() else None, "queries": int(mask.sum())}
     out["t2i_r1_by_query"] = by
     # re-rank the top ``depth`` by each head's match probability, blended with the cosine as
-    # the service does (models.encoder.rerank_scores)
+    # the service does (models.rerank.rerank_scores)
     cand = ranked[:, :depth]
     rows, cols = cand.ravel(), np.repeat(np.arange(len(qs)), cand.shape[1])
     tb = encode_for_fusion(model, texts) if model.fusion is not None else None

@@ -1,0 +1,297 @@
+"""The loaded model: :class:`RetrievalModel` encodes images and texts into L2-normalised float32
+vectors, exposes patch tokens for re-ranking, and runs the attention-fusion head for match
+scores, composed queries and explanations.  Nothing here imports FastAPI or the index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import FusionUnavailable
+from .fusion import Batch, FusionHeads
+from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
+from .towers import visual_forward
+
+FUSION_KIND = "attention"
+
+
+def _text_tower(clip: Any) -> torch.nn.ModuleList:
+    """The modules that only the text encoder uses (open_clip's CLIP layout)."""
+    mods = [clip.token_embedding, clip.transformer, clip.ln_final]
+    if isinstance(getattr(clip, "text_projection", None), torch.nn.Module):
+        mods.append(clip.text_projection)
+    holder = torch.nn.ModuleList(mods)
+    for name in ("positional_embedding", "text_projection"):
+        p = getattr(clip, name, None)
+        if isinstance(p, torch.nn.Parameter):
+            holder.register_parameter(name, p)
+    return holder
+
+
+class RetrievalModel:
+    """A loaded dual encoder with its preprocessing, tokenizer and (optional) fusion heads."""
+
+    def __init__(
+        self,
+        name: str,
+        clip: Any,
+        tokenizer: Any,
+        *,
+        trained: bool,
+        fusion: FusionHeads | None = None,
+        dtype: torch.dtype = torch.float32,
+        text_dtype: torch.dtype | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        self.name = name
+        self.clip = clip.eval()
+        self.tokenizer = tokenizer
+        self.trained = trained
+        self.fusion = fusion.eval() if fusion is not None else None
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        visual = clip.visual
+        cfg = open_clip.get_model_preprocess_cfg(clip)
+        size = cfg.get("size", 224)
+        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.mean = np.asarray(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), np.float32)
+        self.std = np.asarray(cfg.get("std", open_clip.OPENAI_DATASET_STD), np.float32)
+        visual.output_tokens = True
+        self.token_layer = fusion.cfg.token_layer if fusion is not None else -1
+        self.text_dtype = text_dtype or dtype
+        if self.text_dtype == dtype:
+            self.clip.to(dtype)
+        else:  # the text tower keeps its own precision; everything else takes ``dtype``
+            tower = _text_tower(clip)
+            text = {id(p) for p in tower.parameters()} | {id(b) for b in tower.buffers()}
+            # buffers too: a CNN's batch-norm statistics must match its weights' precision
+            for p in [*clip.parameters(), *clip.buffers()]:
+                if id(p) not in text and p.is_floating_point():
+                    p.data = p.data.to(dtype)
+            tower.to(self.text_dtype)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, *self.image_size, device=self.device)
+            pooled, tokens = visual_forward(visual, probe.to(self._enc_dtype), self.token_layer)
+        self.embed_dim = int(pooled.shape[-1])
+        self.num_image_tokens = int(tokens.shape[1])
+        self.image_token_width = int(tokens.shape[2])
+        self.text_width = int(clip.token_embedding.weight.shape[1]) if self._plain_text else 0
+        self.context_length = int(getattr(clip, "context_length", 77))
+        self._lean_text = self._plain_text and lean_blocks_apply(clip.transformer)
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def _enc_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    @property
+    def _plain_text(self) -> bool:
+        return plain_text_tower(self.clip)
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.fusion is not None
+
+    @property
+    def temperature(self) -> float:
+        """The match head's calibration temperature (``models.calibrate``; 1.0 if none)."""
+        return float(getattr(self.fusion, "temperature", 1.0))
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Match probabilities from raw match logits: ``sigmoid(logit / T + bias)``."""
+        bias = float(getattr(self.fusion, "match_bias", 0.0))
+        return torch.sigmoid(logits / self.temperature + bias)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "dim": self.embed_dim,
+            "trained": self.trained,
+            "has_fusion": self.has_fusion,
+            "fusion": FUSION_KIND if self.has_fusion else "late",
+            "precision": self.precision,
+            "image_size": list(self.image_size),
+            "image_tokens": [self.num_image_tokens, self.image_token_width],
+            "context_length": self.context_length,
+        }
+
+    # ---- preprocessing ------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize the shorter side (bicubic), centre-crop and normalise, as open_clip does."""
+        h, w = self.image_size
+        out = np.empty((len(images), 3, h, w), np.float32)
+        for i, img in enumerate(images):
+            img = img if img.mode == "RGB" else img.convert("RGB")
+            if img.size != (w, h):
+                scale = max(w / img.width, h / img.height)
+                nw, nh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+                img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+                left, top = (nw - w) // 2, (nh - h) // 2
+                img = img.crop((left, top, left + w, top + h))
+            arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+            out[i] = ((arr - self.mean) / self.std).transpose(2, 0, 1)
+        return torch.from_numpy(out)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Tokenise to the model's context length; longer texts are truncated, never rejected."""
+        clean = [t.replace("\x00", " ") for t in texts]
+        return self.tokenizer(clean)
+
+    # ---- encoders (torch) ---------------------------------------------------------------------
+    def _images_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = visual_forward(self.clip.visual, pixels.to(self.device, self._enc_dtype),
+                                        self.token_layer)
+        return F.normalize(pooled.float(), dim=-1), tokens
+
+    def _texts_forward(self, ids: torch.Tensor) -> TextBatch:
+        ids = ids.to(self.device)
+        if not self._plain_text:
+            emb = self.clip.encode_text(ids)
+            empty = torch.zeros(ids.shape[0], 1, 1)
+            return TextBatch(empty, empty[..., 0].bool(), empty[:, 0, 0].long(), F.normalize(
+                emb.float(), dim=-1))
+        c = self.clip
+        eot = ids.argmax(dim=-1)
+        # The text tower is causal and read at the end-of-text token: padding after the longest
+        # text in the batch cannot change any output, so it is not computed.
+        length = int(eot.max()) + 1
+        ids = ids[:, :length]
+        dt = self.text_dtype
+        x = c.token_embedding(ids).to(dt)
+        x = x + c.positional_embedding[:length].to(dt)
+        if self._lean_text:
+            x = causal_blocks(c.transformer.resblocks, x)
+        else:
+            x = c.transformer(x, attn_mask=c.attn_mask[:length, :length].to(dt))
+        x = c.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = c.text_projection
+        pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+        pad = torch.arange(length, device=x.device)[None, :] > eot[:, None]
+        return TextBatch(x, pad, eot, F.normalize(pooled.float(), dim=-1))
+
+    def _batches(self, n: int) -> range:
+        return range(0, n, self.batch_size)
+
+    # ---- public numpy API ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings."""
+        return self.encode_images_with_tokens(images)[0]
+
+    @torch.inference_mode()
+    def encode_images_with_tokens(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (N, D) float32 and patch tokens (N, T, W) float16 in one forward pass."""
+        embs = np.zeros((len(images), self.embed_dim), np.float32)
+        toks = np.zeros((len(images), self.num_image_tokens, self.image_token_width), np.float16)
+        for s in self._batches(len(images)):
+            emb, tok = self._images_forward(self.preprocess(images[s : s + self.batch_size]))
+            embs[s : s + len(emb)] = emb.numpy()
+            toks[s : s + len(emb)] = tok.float().numpy().astype(np.float16)
+        return embs, toks
+
+    @torch.inference_mode()
+    def image_tokens(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, T, W) float16 patch tokens, stored for re-ranking."""
+        return self.encode_images_with_tokens(images)[1]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 L2-normalised text embeddings."""
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
+        for s in self._batches(len(texts)):
+            out[s : s + self.batch_size] = self._texts_forward(
+                self.tokenize(texts[s : s + self.batch_size])
+            ).emb.numpy()
+        return out
+
+    # ---- fusion -------------------------------------------------------------------------------
+    def _fusion_batch(
+        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
+    ) -> Batch:
+        tb = self._texts_forward(self.tokenize(texts))
+        n = len(tokens)
+        if len(texts) == 1 and n > 1:
+            tb = TextBatch(
+                tb.tokens.expand(n, -1, -1),
+                tb.pad.expand(n, -1),
+                tb.eot.expand(n),
+                tb.emb.expand(n, -1),
+            )
+        return Batch(
+            image_tokens=torch.from_numpy(np.asarray(tokens, np.float32)),
+            image_emb=torch.from_numpy(np.asarray(embeddings, np.float32)),
+            text_tokens=tb.tokens.float(),
+            text_mask=tb.pad,
+            text_eot=tb.eot,
+            text_emb=tb.emb,
+        )
+
+    @torch.inference_mode()
+    def match(
+        self, tokens: np.ndarray, texts: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N,) attention-fusion match probability of each image (as tokens) with its text,
+        calibrated by the head's temperature (``models.calibrate``).
+
+        ``texts`` has N entries, or one that is paired with every image.  Without fusion weights
+        this falls back to late fusion, which needs ``embeddings``.
+        """
+        if self.fusion is None:
+            if embeddings is None:
+                raise FusionUnavailable("this model has no fusion head; pass embeddings")
+            t = self.encode_texts(texts)
+            return ((embeddings * t).sum(-1) + 1.0) / 2.0
+        emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
+        b = self._fusion_batch(tokens, emb, texts)
+        return self.calibrated(self.fusion.score(FUSION_KIND, b)).numpy()
+
+    @torch.inference_mode()
+    def compose_from(
+        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
+    ) -> np.ndarray:
+        """(N, D) composed query embeddings from stored image tokens and embeddings."""
+        if self.fusion is None or not self.fusion.composes:
+            t = self.encode_texts(texts)
+            q = embeddings + t
+            return q / np.linalg.norm(q, axis=-1, keepdims=True)
+        b = self._fusion_batch(tokens, embeddings, texts)
+        return self.fusion.compose(FUSION_KIND, b).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def compose(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        """(N, D) L2-normalised composed query embeddings for image + modifying text."""
+        emb, tok = self.encode_images_with_tokens(images)
+        return self.compose_from(tok, emb, texts)
+
+    @torch.inference_mode()
+    def explain(self, tokens: np.ndarray, embedding: np.ndarray, text: str) -> dict[str, Any]:
+        """Cross-attention of the text's end token over the image patches, as a grid."""
+        if self.fusion is None:
+            raise FusionUnavailable("this model has no attention-fusion weights to explain with")
+        b = self._fusion_batch(tokens[None], embedding[None], [text])
+        head = self.fusion.heads[FUSION_KIND]
+        feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
+        logit = head.score_from(feat, b)  # type: ignore[operator]
+        prob = float(self.calibrated(logit).squeeze())
+        w = weights[0].float().numpy() if weights is not None else np.zeros(tokens.shape[0])
+        side = int(math.isqrt(len(w)))
+        grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
+        return {"probability": prob, "grid": grid.tolist(), "rows": grid.shape[0],
+                "cols": grid.shape[1]}
