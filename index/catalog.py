@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 import queue
 import sqlite3
@@ -17,96 +16,23 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from index import catalog_reads as reads
 from index import fulltext
-from index.errors import (
-    DimensionMismatch,
-    ItemNotFound,
-    ModelMismatch,
-    StorageFull,
-    StoreError,
-    TokensUnavailable,
-)
+from index.catalog_schema import SCHEMA, Item, NewItem
+from index.catalog_writes import delete_item, insert_items, record_model
+from index.errors import ItemNotFound, StorageFull, StoreError
 
 __all__ = ["Catalog", "Item", "NewItem"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sha256 TEXT UNIQUE NOT NULL,
-    file TEXT NOT NULL,
-    original_name TEXT,
-    content_type TEXT NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    caption TEXT,
-    created_at REAL NOT NULL,
-    bytes INTEGER,
-    embedding BLOB NOT NULL,
-    tokens BLOB,
-    tokens_shape TEXT
-);
-CREATE INDEX IF NOT EXISTS items_file ON items(file);
-CREATE TABLE IF NOT EXISTS item_tags (
-    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-    tag TEXT NOT NULL,
-    PRIMARY KEY (item_id, tag)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS item_tags_tag ON item_tags(tag, item_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-_ITEM_COLUMNS = """
-    id, sha256, file, original_name, content_type, width, height, caption, created_at, bytes,
-    (SELECT json_group_array(tag) FROM
-        (SELECT tag FROM item_tags WHERE item_id = items.id ORDER BY tag)) AS tags
-"""
-
 _BUSY_TIMEOUT_MS = 10_000
 _POOL_SIZE = 8
-# Stay well under SQLite's bound-parameter limit in IN (...) lists.
-_CHUNK = 500
-
-
-@dataclass(frozen=True)
-class Item:
-    """Metadata of one stored image (no vectors)."""
-
-    id: int
-    sha256: str
-    file: str
-    original_name: str | None
-    content_type: str
-    width: int | None
-    height: int | None
-    caption: str | None
-    tags: list[str]
-    created_at: float
-    bytes: int | None
-
-
-@dataclass(frozen=True)
-class NewItem:
-    """A row to insert; ``embedding`` is (D,) float32, ``tokens`` (T, W) float16 or None."""
-
-    sha256: str
-    file: str
-    content_type: str
-    embedding: npt.NDArray[np.float32]
-    original_name: str | None = None
-    width: int | None = None
-    height: int | None = None
-    caption: str | None = None
-    tags: Sequence[str] = field(default_factory=tuple)
-    tokens: npt.NDArray[np.float16] | None = None
-    bytes: int | None = None
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -114,32 +40,6 @@ def _is_full(exc: BaseException) -> bool:
     return (
         isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
     )
-
-
-def _item(row: Sequence[object]) -> Item:
-    (id_, sha, file, original, ctype, width, height, caption, created, size, tags) = row
-    return Item(
-        id=int(id_),  # type: ignore[call-overload]
-        sha256=str(sha),
-        file=str(file),
-        original_name=original,  # type: ignore[arg-type]
-        content_type=str(ctype),
-        width=width,  # type: ignore[arg-type]
-        height=height,  # type: ignore[arg-type]
-        caption=caption,  # type: ignore[arg-type]
-        tags=json.loads(str(tags)),
-        created_at=float(created),  # type: ignore[arg-type]
-        bytes=size,  # type: ignore[arg-type]
-    )
-
-
-def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 _TAG_CACHE_SETS = 64  # tag sets whose ids are kept between writes
@@ -167,7 +67,7 @@ class Catalog:
             mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"could not switch {path} to WAL mode (got {mode})")
-            self._writer.executescript(_SCHEMA)
+            self._writer.executescript(SCHEMA)
             self._ensure_fts()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
@@ -262,25 +162,7 @@ class Catalog:
         dimension differs, ModelMismatch when only the model name differs.
         """
         with self._write() as conn:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM items)").fetchone()[0]
-            stored_name, stored_dim = meta.get("model_name"), meta.get("embed_dim")
-            if stored_dim is not None and not empty:
-                if int(stored_dim) != dim:
-                    raise DimensionMismatch(int(stored_dim), dim)
-                if stored_name != name:
-                    raise ModelMismatch(
-                        f"the data dir holds embeddings of model {stored_name!r}, but the "
-                        f"service loaded {name!r}; vectors of two models cannot be compared. "
-                        "Use the original model, or a new data dir for this one",
-                        stored=str(stored_name),
-                        current=name,
-                    )
-            if (stored_name, stored_dim) != (name, str(dim)):
-                conn.executemany(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    [("model_name", name), ("embed_dim", str(dim))],
-                )
+            record_model(conn, name, dim)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -297,55 +179,8 @@ class Catalog:
         Raises sqlite3.IntegrityError for a sha256 already stored, StorageFull on a full disk.
         """
         created = time.time()
-        items: list[Item] = []
         with self._write() as conn:
-            for new in news:
-                tokens, shape = None, None
-                if new.tokens is not None:
-                    tok = np.ascontiguousarray(new.tokens, dtype="<f2")
-                    tokens, shape = tok.tobytes(), ",".join(str(s) for s in tok.shape)
-                cur = conn.execute(
-                    "INSERT INTO items(sha256, file, original_name, content_type, width, height,"
-                    " caption, created_at, bytes, embedding, tokens, tokens_shape)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.sha256,
-                        new.file,
-                        new.original_name,
-                        new.content_type,
-                        new.width,
-                        new.height,
-                        new.caption,
-                        created,
-                        new.bytes,
-                        np.ascontiguousarray(new.embedding, dtype="<f4").tobytes(),
-                        tokens,
-                        shape,
-                    ),
-                )
-                item_id = int(cur.lastrowid or 0)
-                tags = sorted(set(new.tags))
-                conn.executemany(
-                    "INSERT INTO item_tags(item_id, tag) VALUES (?, ?)",
-                    [(item_id, tag) for tag in tags],
-                )
-                fulltext.add_row(conn, item_id, new.caption, tags, new.original_name)
-                items.append(
-                    Item(
-                        id=item_id,
-                        sha256=new.sha256,
-                        file=new.file,
-                        original_name=new.original_name,
-                        content_type=new.content_type,
-                        width=new.width,
-                        height=new.height,
-                        caption=new.caption,
-                        tags=tags,
-                        created_at=created,
-                        bytes=new.bytes,
-                    )
-                )
-        return items
+            return insert_items(conn, news, created)
 
     def delete(self, item_id: int) -> Item:
         """Delete a row (and its tags) and return what it held.
@@ -353,47 +188,28 @@ class Catalog:
         Raises ItemNotFound when there is no such row, StorageFull on a full disk.
         """
         with self._write() as conn:
-            row = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
-            if row is None:
-                raise ItemNotFound(item_id)
-            conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
-            fulltext.delete_row(conn, item_id)
-        return _item(row)
+            return delete_item(conn, item_id)
 
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, item_id: int) -> Item:
         """The row with this id. Raises ItemNotFound."""
         with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
-        if row is None:
+            item = reads.item_by_id(conn, item_id)
+        if item is None:
             raise ItemNotFound(item_id)
-        return _item(row)
+        return item
 
     def get_by_sha(self, sha256: str) -> Item | None:
         """The row holding this content digest, or None."""
         with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE sha256 = ?", (sha256,)
-            ).fetchone()
-        return None if row is None else _item(row)
+            return reads.item_by_sha(conn, sha256)
 
     def get_many(self, ids: Iterable[int]) -> dict[int, Item]:
         """Rows by id; ids with no row are simply absent from the result."""
         wanted = sorted({int(i) for i in ids})
-        found: dict[int, Item] = {}
         with self._read() as conn:
-            for chunk in _chunks(wanted):
-                rows = conn.execute(
-                    f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({_marks(len(chunk))})",
-                    chunk,
-                ).fetchall()
-                found.update((item.id, item) for item in map(_item, rows))
-        return found
+            return reads.items_by_ids(conn, wanted)
 
     def list(
         self, offset: int = 0, limit: int = 50, tag: str | None = None
@@ -404,17 +220,8 @@ class Catalog:
         """
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must not be negative")
-        where = ""
-        args: tuple[str, ...] = ()
-        if tag is not None:
-            where, args = "WHERE id IN (SELECT item_id FROM item_tags WHERE tag = ?)", (tag,)
         with self._read() as conn:
-            total = conn.execute(f"SELECT COUNT(*) FROM items {where}", args).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset),
-            ).fetchall()
-        return [_item(r) for r in rows], int(total)
+            return reads.page(conn, offset, limit, tag)
 
     def keyword_search(
         self, query: str, limit: int, tags: Sequence[str] = (), syntax: str = "terms"
@@ -477,17 +284,7 @@ class Catalog:
         if cached is not None and cached[0] == generation:
             return cached[1]
         with self._read() as conn:
-            if not wanted:
-                rows = conn.execute("SELECT id FROM items")
-            elif len(wanted) == 1:
-                rows = conn.execute("SELECT item_id FROM item_tags WHERE tag = ?", wanted)
-            else:
-                rows = conn.execute(
-                    f"SELECT item_id FROM item_tags WHERE tag IN ({_marks(len(wanted))})"
-                    " GROUP BY item_id HAVING COUNT(*) = ?",
-                    (*wanted, len(wanted)),
-                )
-            ids = frozenset(r[0] for r in rows)
+            ids = reads.tagged_ids(conn, wanted)
         if wanted and len(ids) <= _TAG_CACHE_IDS and self._generation == generation:
             if len(self._tag_ids) >= _TAG_CACHE_SETS:
                 self._tag_ids.clear()
@@ -505,13 +302,10 @@ class Catalog:
         last = after_id
         while True:
             with self._read() as conn:
-                rows = conn.execute(
-                    "SELECT id, embedding FROM items WHERE id > ? ORDER BY id LIMIT ?",
-                    (last, batch),
-                ).fetchall()
+                rows = reads.embedding_rows_after(conn, last, batch)
             if not rows:
                 return
-            yield self._stack(rows)
+            yield reads.stack_embeddings(rows)
             last = rows[-1][0]
 
     def embeddings_for(
@@ -519,25 +313,9 @@ class Catalog:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(ids, vectors) of the given rows, ascending by id; ids with no row are left out."""
         wanted = sorted({int(i) for i in ids})
-        rows: list[tuple[int, bytes]] = []
         with self._read() as conn:
-            for chunk in _chunks(wanted):
-                rows += conn.execute(
-                    f"SELECT id, embedding FROM items WHERE id IN ({_marks(len(chunk))})"
-                    " ORDER BY id",
-                    chunk,
-                ).fetchall()
-        return self._stack(rows)
-
-    @staticmethod
-    def _stack(
-        rows: Sequence[tuple[int, bytes]],
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, 0), dtype=np.float32)
-        flat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
-        return ids, flat.reshape(len(rows), -1).astype(np.float32, copy=False)
+            rows = reads.embedding_rows(conn, wanted)
+        return reads.stack_embeddings(rows)
 
     def tokens(self, ids: Sequence[int]) -> npt.NDArray[np.float16]:
         """Patch tokens (n, T, W) float16 of the given rows, in the order given.
@@ -546,29 +324,9 @@ class Catalog:
         tokens or with tokens of another shape than the first row's.
         """
         wanted = [int(i) for i in ids]
-        found: dict[int, tuple[bytes | None, str | None]] = {}
         with self._read() as conn:
-            for chunk in _chunks(sorted(set(wanted))):
-                rows = conn.execute(
-                    "SELECT id, tokens, tokens_shape FROM items"
-                    f" WHERE id IN ({_marks(len(chunk))})",
-                    chunk,
-                )
-                found.update((r[0], (r[1], r[2])) for r in rows)
-        arrays: list[npt.NDArray[np.float16]] = []
-        for item_id in wanted:
-            if item_id not in found:
-                raise ItemNotFound(item_id)
-            blob, shape_text = found[item_id]
-            if blob is None or not shape_text:
-                raise TokensUnavailable(item_id, "stored without tokens")
-            shape = tuple(int(s) for s in shape_text.split(","))
-            if arrays and shape != arrays[0].shape:
-                raise TokensUnavailable(item_id, f"shape {shape} differs from {arrays[0].shape}")
-            arrays.append(np.frombuffer(blob, dtype="<f2").reshape(shape).astype(np.float16))
-        if not arrays:
-            return np.zeros((0, 0, 0), dtype=np.float16)
-        return np.stack(arrays)
+            found = reads.token_blobs(conn, wanted)
+        return reads.stack_tokens(wanted, found)
 
     # -- maintenance -------------------------------------------------------------------------
 
