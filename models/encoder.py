@@ -17,9 +17,10 @@ import open_clip
 import torch
 from safetensors.torch import load_file
 
+from .device import resolve_device
 from .errors import ModelLoadError
 from .fusion import FusionConfig, FusionHeads
-from .precision import native_bf16, quicker_text_dtype, resolve_dtype
+from .precision import choose_precision, native_bf16, quicker_text_dtype
 from .rerank import RERANK_COS, RERANK_MATCH, rerank_scores
 from .retrieval import FUSION_KIND, RetrievalModel
 from .text_tower import TextBatch
@@ -103,10 +104,14 @@ def load_model(
     (its JSON config beside it, same stem); the bundled one is used when present.  ViT and CNN
     image towers both work (``models.towers``).  ``image_size`` overrides the config's input
     size (open_clip's ``force_image_size``; weights must have been trained at that size).
+    ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``models.device``); outputs are
+    numpy arrays on the CPU whatever the device.
 
     Raises:
         ModelLoadError: unknown model name, unreadable weights, or a tag that needs a download.
+        DeviceError: (a ModelLoadError) a malformed device or a GPU this machine lacks.
     """
+    device = resolve_device(device)
     register_configs()
     backbone, bundled_fusion, bundled_fusion_cfg = bundled_paths(name)
     if pretrained is None and backbone.is_file():
@@ -129,11 +134,13 @@ def load_model(
             heads = _load_fusion(bundled_fusion, bundled_fusion_cfg)
         except ModelLoadError as exc:  # serve with late fusion rather than not at all
             log.error("bundled fusion heads unusable, falling back to late fusion: %s", exc)
-    dtype = resolve_dtype(precision, device)
+    dtype, why = choose_precision(precision, device)
     text_dtype = dtype
     if precision == "auto" and dtype != torch.float32 and device == "cpu":
         text_dtype = quicker_text_dtype(clip, dtype)
+        if text_dtype != dtype:
+            why += "; the text tower stays fp32, faster for one short query at this width"
     return RetrievalModel(
         name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dtype,
-        text_dtype=text_dtype, device=device, batch_size=batch_size,
+        text_dtype=text_dtype, device=device, batch_size=batch_size, precision_reason=why,
     )

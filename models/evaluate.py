@@ -125,11 +125,12 @@ def pair_logits(model: RetrievalModel, kind: str, tokens: np.ndarray, emb: np.nd
     assert model.fusion is not None
     out = []
     for s in range(0, len(rows), chunk):
-        r, c = rows[s : s + chunk], torch.as_tensor(cols[s : s + chunk])
-        b = Batch(image_tokens=torch.from_numpy(tokens[r].astype(np.float32)),
-                  image_emb=torch.from_numpy(emb[r]), text_tokens=texts.tokens[c].float(),
+        r, c = rows[s : s + chunk], torch.as_tensor(cols[s : s + chunk], device=model.device)
+        b = Batch(image_tokens=torch.from_numpy(tokens[r].astype(np.float32)).to(model.device),
+                  image_emb=torch.from_numpy(emb[r]).to(model.device),
+                  text_tokens=texts.tokens[c].float(),
                   text_mask=texts.pad[c], text_eot=texts.eot[c], text_emb=texts.emb[c])
-        out.append(model.fusion.score(kind, b).float().numpy())
+        out.append(model.fusion.score(kind, b).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -141,7 +142,7 @@ def _compose(model: RetrievalModel, kind: str, tokens: np.ndarray, emb: np.ndarr
     out = []
     for s in range(0, len(texts), 256):
         b = model._fusion_batch(tokens[s : s + 256], emb[s : s + 256], texts[s : s + 256])
-        out.append(model.fusion.compose(kind, b).float().numpy())
+        out.append(model.fusion.compose(kind, b).float().cpu().numpy())
     return np.concatenate(out)
 
 

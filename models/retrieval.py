@@ -51,14 +51,16 @@ class RetrievalModel:
         text_dtype: torch.dtype | None = None,
         device: str = "cpu",
         batch_size: int = 64,
+        precision_reason: str = "",
     ) -> None:
         self.name = name
         self.clip = clip.eval()
         self.tokenizer = tokenizer
         self.trained = trained
-        self.fusion = fusion.eval() if fusion is not None else None
-        self.dtype = dtype
         self.device = torch.device(device)
+        self.fusion = fusion.to(self.device).eval() if fusion is not None else None
+        self.dtype = dtype
+        self.precision_reason = precision_reason
         self.batch_size = batch_size
         visual = clip.visual
         cfg = open_clip.get_model_preprocess_cfg(clip)
@@ -124,6 +126,8 @@ class RetrievalModel:
             "has_fusion": self.has_fusion,
             "fusion": FUSION_KIND if self.has_fusion else "late",
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "device": str(self.device),
             "image_size": list(self.image_size),
             "image_tokens": [self.num_image_tokens, self.image_token_width],
             "context_length": self.context_length,
@@ -161,7 +165,7 @@ class RetrievalModel:
         ids = ids.to(self.device)
         if not self._plain_text:
             emb = self.clip.encode_text(ids)
-            empty = torch.zeros(ids.shape[0], 1, 1)
+            empty = torch.zeros(ids.shape[0], 1, 1, device=self.device)
             return TextBatch(empty, empty[..., 0].bool(), empty[:, 0, 0].long(), F.normalize(
                 emb.float(), dim=-1))
         c = self.clip
@@ -202,8 +206,8 @@ class RetrievalModel:
         toks = np.zeros((len(images), self.num_image_tokens, self.image_token_width), np.float16)
         for s in self._batches(len(images)):
             emb, tok = self._images_forward(self.preprocess(images[s : s + self.batch_size]))
-            embs[s : s + len(emb)] = emb.numpy()
-            toks[s : s + len(emb)] = tok.float().numpy().astype(np.float16)
+            embs[s : s + len(emb)] = emb.cpu().numpy()
+            toks[s : s + len(emb)] = tok.float().cpu().numpy().astype(np.float16)
         return embs, toks
 
     @torch.inference_mode()
@@ -218,7 +222,7 @@ class RetrievalModel:
         for s in self._batches(len(texts)):
             out[s : s + self.batch_size] = self._texts_forward(
                 self.tokenize(texts[s : s + self.batch_size])
-            ).emb.numpy()
+            ).emb.cpu().numpy()
         return out
 
     # ---- fusion -------------------------------------------------------------------------------
@@ -235,8 +239,8 @@ class RetrievalModel:
                 tb.emb.expand(n, -1),
             )
         return Batch(
-            image_tokens=torch.from_numpy(np.asarray(tokens, np.float32)),
-            image_emb=torch.from_numpy(np.asarray(embeddings, np.float32)),
+            image_tokens=torch.from_numpy(np.asarray(tokens, np.float32)).to(self.device),
+            image_emb=torch.from_numpy(np.asarray(embeddings, np.float32)).to(self.device),
             text_tokens=tb.tokens.float(),
             text_mask=tb.pad,
             text_eot=tb.eot,
@@ -260,7 +264,7 @@ class RetrievalModel:
             return ((embeddings * t).sum(-1) + 1.0) / 2.0
         emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
         b = self._fusion_batch(tokens, emb, texts)
-        return self.calibrated(self.fusion.score(FUSION_KIND, b)).numpy()
+        return self.calibrated(self.fusion.score(FUSION_KIND, b)).cpu().numpy()
 
     @torch.inference_mode()
     def compose_from(
@@ -272,7 +276,7 @@ class RetrievalModel:
             q = embeddings + t
             return q / np.linalg.norm(q, axis=-1, keepdims=True)
         b = self._fusion_batch(tokens, embeddings, texts)
-        return self.fusion.compose(FUSION_KIND, b).numpy().astype(np.float32)
+        return self.fusion.compose(FUSION_KIND, b).cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
     def compose(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
@@ -290,7 +294,7 @@ class RetrievalModel:
         feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
         logit = head.score_from(feat, b)  # type: ignore[operator]
         prob = float(self.calibrated(logit).squeeze())
-        w = weights[0].float().numpy() if weights is not None else np.zeros(tokens.shape[0])
+        w = weights[0].float().cpu().numpy() if weights is not None else np.zeros(tokens.shape[0])
         side = int(math.isqrt(len(w)))
         grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
         return {"probability": prob, "grid": grid.tolist(), "rows": grid.shape[0],
