@@ -79,6 +79,7 @@ def _ingest(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         import torch
+        from pydantic import ValidationError
         from tqdm import tqdm
 
         from index import Item, Upload
@@ -88,7 +89,12 @@ def _ingest(args: argparse.Namespace) -> int:
         from .routers.images import parse_tags
         from .settings import Settings
 
-        settings = Settings(data_dir=args.data) if args.data else Settings()
+        overrides = {k: v for k, v in (("data_dir", args.data), ("device", args.device)) if v}
+        try:
+            settings = Settings(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:  # e.g. --device cuda on a machine without a GPU
+            print(f"fusion-search ingest: {exc}", file=sys.stderr)
+            return 2
         service = build_service(settings.model_copy(update={"demo": False}))
     finally:
         gc.freeze()
@@ -303,7 +309,7 @@ def _eval(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate, format_table
 
     model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision,
-                       image_size=args.image_size)
+                       image_size=args.image_size, device=args.device)
     report = evaluate(model, n=args.n, depth=args.depth, ood_split=args.ood_split)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
@@ -361,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding threads")
     s.add_argument("--encoders", type=int, default=2,
                    help="batches encoded at once (torch threads are shared out among them)")
+    s.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: FUSION_DEVICE, auto)")
     s.set_defaults(fn=_ingest)
 
     s = sub.add_parser("backup", help="copy a data dir (catalog + files), safe while serving")
@@ -410,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fusion", default=None,
                    help="fusion-head safetensors (default: the bundled heads, bundled backbone)")
     s.add_argument("--precision", default="auto")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--n", type=int, default=1000, help="gallery size")
     s.add_argument("--depth", type=int, default=20, help="re-rank depth")
     s.add_argument("--image-size", type=int, help="the input size the backbone was trained at")

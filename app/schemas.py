@@ -208,6 +208,13 @@ class Health(BaseModel):
     status: str
 
 
+class CpuOut(BaseModel):
+    model: str = Field(description="the CPU's model name (/proc/cpuinfo, else the platform)")
+    flags: list[str] = Field(description="which of avx2, avx512f, avx512_vnni, avx512_bf16, "
+                                         "amx_bf16 it has")
+    native_bf16: bool
+
+
 class Info(BaseModel):
     model: str
     dim: int
@@ -215,6 +222,10 @@ class Info(BaseModel):
     has_fusion: bool
     fusion: str
     precision: str
+    precision_reason: str = Field(description="why this precision: the setting, or what "
+                                              "`auto` read from the CPU or GPU")
+    device: str = Field(description="where the model runs: cpu, cuda or cuda:N")
+    cpu: CpuOut
     index: str
     items: int
     vectors: int

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     pretrained: str | None = None
     fusion_weights: str | None = None
     precision: str = Field("auto", pattern="^(auto|fp32|bf16)$")
-    device: str = "cpu"
+    # auto | cpu | cuda | cuda:N; checked against the machine (models.device) when settings load
+    device: str = "auto"
     torch_threads: int = Field(0, ge=0, le=256)
     max_upload_bytes: ByteSize = ByteSize(25 * 1024 * 1024)
     max_request_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
@@ -44,6 +45,16 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, v: str) -> str:
+        from models.device import DeviceError, resolve_device
+
+        try:
+            return resolve_device(v)
+        except DeviceError as exc:  # a ValueError becomes pydantic's clear start-up message
+            raise ValueError(f"FUSION_DEVICE: {exc}") from exc
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from models.precision import cpu_info
+
 from ..deps import ServiceDep, SettingsDep
-from ..schemas import Health, Info
+from ..schemas import CpuOut, Health, Info
 
 router = APIRouter(tags=["system"])
 
@@ -42,7 +44,9 @@ def info(service: ServiceDep, settings: SettingsDep) -> Info:
     return Info(
         model=str(m["model"]), dim=int(m["dim"]), trained=bool(m["trained"]),
         has_fusion=bool(m["has_fusion"]), fusion=str(m["fusion"]),
-        precision=str(m["precision"]), index=str(s["factory"]), items=int(s["count"]),
+        precision=str(m["precision"]), precision_reason=str(m["precision_reason"]),
+        device=str(m["device"]), cpu=CpuOut(**cpu_info().as_dict()),
+        index=str(s["factory"]), items=int(s["count"]),
         vectors=int(s["vectors"]), rerank_depth=service.rerank_depth,
         auth={"writes": settings.api_key is not None,
               "reads": settings.api_key is not None and settings.protect_reads},

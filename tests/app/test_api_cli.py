@@ -52,7 +52,10 @@ def test_demo_data_then_ingest_twice(apps: Apps, tmp_path: Path,
     assert [r["filepath"] for r in rows] == pngs and all(r["title"] for r in rows)
     titles = {r["filepath"]: r["title"] for r in rows}
 
-    first = run_cli("ingest", str(tsv), "--data", str(data), "--workers", "2", cwd=tmp_path)
+    assert cli.main(["ingest", str(tsv), "--data", str(data), "--device", "cuda:x"]) == 2
+    assert "FUSION_DEVICE: unknown device 'cuda:x'" in capsys.readouterr().err
+    first = run_cli("ingest", str(tsv), "--data", str(data), "--workers", "2", "--device", "cpu",
+                    cwd=tmp_path)
     assert summary(first) == {"added": 20, "already_present": 0, "bad": 0}
 
     # again, plus a folder holding one new image and one broken file

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+import torch
 from api_support import (
     API,
     Apps,
     Gallery,
     hit_ids,
+    make_settings,
     scene,
     scene_png,
     search_text,
@@ -18,8 +21,11 @@ from api_support import (
 )
 from fastapi.testclient import TestClient
 from http_checks import assert_error
+from pydantic import ValidationError
 
 import models
+from models.device import resolve_device
+from models.precision import cpu_info
 
 WEIGHTS = Path(models.__file__).resolve().parent / "weights"
 
@@ -45,6 +51,39 @@ def test_info_describes_model_index_and_counts(client: TestClient) -> None:
     assert (info["items"], info["vectors"]) == (3, 3)
     assert info["auth"] == {"writes": False, "reads": False}
     assert info["limits"]["max_upload_bytes"] == 25 * 1024 * 1024
+
+
+def test_info_names_the_cpu_the_device_and_why_this_precision(client: TestClient) -> None:
+    info = client.get(f"{API}/info").json()
+    cpu = cpu_info()  # what /proc/cpuinfo says on this machine
+    assert info["cpu"] == {"model": cpu.model, "flags": list(cpu.flags),
+                           "native_bf16": cpu.native_bf16}
+    assert set(info["cpu"]["flags"]) <= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                         "amx_bf16"}
+    assert info["device"] == resolve_device("auto")  # the default setting
+    if info["device"] == "cpu":
+        assert info["precision_reason"].startswith(f"auto: the CPU ({cpu.model})")
+        assert (info["precision"] == "bf16") == cpu.native_bf16
+
+
+def test_serves_on_the_cpu_when_told_so(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSION_DEVICE", "cpu")
+    client = apps.start()
+    assert client.get(f"{API}/info").json()["device"] == "cpu"
+    upload_scene(client, 0)
+    upload_scene(client, 1)
+    assert len(search_text(client, "a shape", k=2)["hits"]) == 2
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:x", "unknown device 'cuda:x'; use auto, cpu, cuda or cuda:N"),
+    ("cuda", "device 'cuda' asks for a GPU, but CUDA is not available on this machine"),
+])
+def test_a_device_this_machine_lacks_is_refused_at_start(
+        device: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValidationError, match=re.escape(f"FUSION_DEVICE: {message}")):
+        make_settings(tmp_path, device=device)
 
 
 def test_info_reports_a_chosen_index_type(apps: Apps) -> None:

@@ -102,6 +102,12 @@ def test_serve_rejects_a_bad_setting_without_a_stack_trace(tmp_path: Path) -> No
     assert "allow_open_writes" in out and "Traceback" not in out
 
 
+def test_serve_refuses_a_malformed_device_in_one_line(tmp_path: Path) -> None:
+    code, out = serve_until_exit(tmp_path, FUSION_DEVICE="cuda:x")
+    assert code == 2
+    assert "FUSION_DEVICE: unknown device 'cuda:x'" in out and "Traceback" not in out
+
+
 # ---- pretrained weights ------------------------------------------------------------------------
 
 def test_serve_names_the_tag_and_the_way_out_when_offline(tmp_path: Path) -> None:
