@@ -54,7 +54,8 @@ MUTANTS ?= 'app.service.xǁSearchServiceǁsearch_text__mutmut_*' \
 	'app.service.xǁSearchServiceǁsearch_composed__mutmut_*' \
 	'app.service.xǁSearchServiceǁexplain__mutmut_*' 'models.rerank.x_rerank_scores__mutmut_*' \
 	'models.fusion.xǁAttentionFusionǁscore_from__mutmut_*' \
-	'models.fusion.xǁAttentionFusionǁcompose__mutmut_*' 'index.store.xǁStoreǁsearch__mutmut_*'
+	'models.fusion.xǁAttentionFusionǁcompose__mutmut_*' \
+	'index.store_search.x_vector_search__mutmut_*'
 mutation: $(STAMP)
 	$(BIN)/pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants

@@ -14,11 +14,8 @@ if the process dies in between.
 from __future__ import annotations
 
 import builtins
-import hashlib
-import logging
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,62 +23,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.atomic import remove_temps
-from index.catalog import Catalog, Item, NewItem
-from index.choice import (
-    DEFAULT_THRESHOLDS,
-    Thresholds,
-    choose_factory,
-    min_training_points,
-    needs_rebuild,
-    parse_bytes,
-)
+from index.catalog import Catalog, Item
+from index.choice import DEFAULT_THRESHOLDS, Thresholds, parse_bytes
 from index.dirlock import DirLock
 from index.errors import IndexNotReady, ItemNotFound, StoreError
-from index.files import FileStore, file_name
-from index.vectors import Hits, VectorIndex, as_matrix
+from index.files import FileStore
+from index.store_search import vector_search
+from index.store_startup import clean_files
+from index.store_writes import add_batch, delete_item
+from index.uploads import Upload, clean_tags, new_row
+from index.vector_copy import VectorCopy
+from index.vectors import Hits, VectorIndex
 
 __all__ = ["Store", "Upload"]
-
-log = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite3"
 FILES_DIR = "files"
 INDEX_DIR = "index"
 SNAPSHOT_NAME = "vectors.faiss"
-_TRAIN_SAMPLE_MAX = 100_000
-_REPLAY_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One image to store: its bytes, what the model made of it, and user metadata."""
-
-    data: bytes
-    sha256: str
-    ext: str
-    content_type: str
-    embedding: npt.NDArray[np.float32]
-    tokens: npt.NDArray[np.float16] | None = None
-    width: int | None = None
-    height: int | None = None
-    original_name: str | None = None
-    caption: str | None = None
-    tags: Sequence[str] = field(default_factory=tuple)
-
-
-def clean_tags(tags: Iterable[str] | None) -> list[str]:
-    """Tags stripped of surrounding space, without empties or repeats, sorted.
-
-    Raises TypeError for a tag that is not a string.
-    """
-    cleaned = set()
-    for tag in tags or ():
-        if not isinstance(tag, str):
-            raise TypeError(f"tags must be strings, got {type(tag).__name__}")
-        if tag.strip():
-            cleaned.add(tag.strip())
-    return sorted(cleaned)
 
 
 class Store:
@@ -112,12 +71,17 @@ class Store:
         self._catalog = catalog
         self._files = files
         self._lock = lock
-        self._snapshot_path = data_dir / INDEX_DIR / SNAPSHOT_NAME
         self._write_lock = threading.RLock()
-        self._vectors: VectorIndex | None = None
-        self._snapshot_max_id: int | None = None
-        self._changes = 0
-        self._retry_rebuild_at = 0
+        self._copy = VectorCopy(
+            catalog,
+            data_dir / INDEX_DIR / SNAPSHOT_NAME,
+            dim,
+            model_name,
+            factory,
+            memory_budget_bytes,
+            snapshot_every,
+            thresholds,
+        )
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------------
@@ -168,111 +132,15 @@ class Store:
                 FileStore(data_dir / FILES_DIR),
                 lock,
             )
-            store._clean_files()
+            clean_files(store._files, catalog, data_dir / INDEX_DIR)
             with store._write_lock:
-                store._load_vectors()
+                store._copy.load()
         except BaseException:
             if catalog is not None:
                 catalog.close()
             lock.release()
             raise
         return store
-
-    def _clean_files(self) -> None:
-        """Remove temp files and files no row references (uploads never acknowledged)."""
-        stale = self._files.remove_stale_temps() + remove_temps(self.data_dir / INDEX_DIR)
-        referenced = self._catalog.all_files()
-        orphans = [name for name in self._files.list_names() if name not in referenced]
-        for name in orphans:
-            self._files.delete(name)
-        if stale or orphans:
-            log.info("removed %d temp files and %d orphan files", stale, len(orphans))
-
-    def _load_vectors(self) -> None:
-        loaded = VectorIndex.load(self._snapshot_path, self.dim, self.model_name)
-        if loaded is not None:
-            self._snapshot_max_id = loaded.max_id
-            self._changes = self._reconcile(loaded)
-            if not self._wants_rebuild(loaded):
-                self._vectors = loaded
-                return
-            log.info("snapshot index %s no longer fits the collection", loaded.factory)
-        self._rebuild_locked(None)
-
-    def _reconcile(self, vectors: VectorIndex) -> int:
-        """Make a loaded snapshot hold exactly the catalog's rows; returns how many changed."""
-        rows = self._catalog.ids()
-        held = vectors.ids()
-        extra = np.setdiff1d(held, rows, assume_unique=True)
-        missing = np.setdiff1d(rows, held, assume_unique=True)
-        vectors.remove(extra.tolist())
-        for start in range(0, missing.size, _REPLAY_CHUNK):
-            ids, vecs = self._catalog.embeddings_for(
-                missing[start : start + _REPLAY_CHUNK].tolist()
-            )
-            vectors.add(ids, vecs)
-        if extra.size or missing.size:
-            log.info(
-                "snapshot (max id %d): replayed %d rows, dropped %d deleted",
-                vectors.max_id,
-                missing.size,
-                extra.size,
-            )
-        return int(extra.size + missing.size)
-
-    # -- index choice ------------------------------------------------------------------------
-
-    def _desired_factory(self, count: int) -> str:
-        if self.factory_setting == "auto":
-            return choose_factory(count, self.dim, self.memory_budget_bytes, self.thresholds)
-        if count < min_training_points(self.factory_setting):
-            return "Flat"
-        return self.factory_setting
-
-    def _wants_rebuild(self, vectors: VectorIndex) -> bool:
-        count = vectors.ntotal
-        dead = vectors.tombstones
-        if dead > self.thresholds.compact_min and dead > self.thresholds.compact_fraction * (
-            count + dead
-        ):
-            return True
-        if self.factory_setting == "auto":
-            return needs_rebuild(
-                vectors.factory, count, self.dim, self.memory_budget_bytes, self.thresholds
-            )
-        return vectors.factory != self._desired_factory(count)
-
-    def _build(self, factory: str) -> VectorIndex:
-        """A new index of this type filled from the catalog; the caller holds the write lock."""
-        vectors = VectorIndex.create(self.dim, factory)
-        if not vectors.is_trained:
-            try:
-                vectors.train(self._training_sample())
-            except (RuntimeError, ValueError) as exc:
-                log.warning(
-                    "cannot train %s (%s); using Flat until there is more data", factory, exc
-                )
-                vectors = VectorIndex.create(self.dim, "Flat")
-                # Try again only after clear growth, not on every write.
-                self._retry_rebuild_at = self._grown(self._catalog.count())
-        for ids, vecs in self._catalog.embeddings():
-            vectors.add(ids, vecs)
-        return vectors
-
-    def _training_sample(self) -> npt.NDArray[np.float32]:
-        count = self._catalog.count()
-        keep = min(1.0, _TRAIN_SAMPLE_MAX / max(count, 1))
-        rng = np.random.default_rng(0)
-        parts = [vecs[rng.random(len(vecs)) < keep] for _, vecs in self._catalog.embeddings()]
-        return np.vstack(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
-
-    def _rebuild_locked(self, factory: str | None) -> None:
-        count = self._catalog.count()
-        target = factory or self._desired_factory(count)
-        log.info("building a %s index over %d vectors", target, count)
-        self._vectors = self._build(target)
-        self._changes = 0
-        self._snapshot_quietly()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -324,87 +192,10 @@ class Store:
         batch is stored.
         """
         self._check_open()
-        rows = [self._row(u) for u in uploads]
+        rows = [new_row(u, self.dim) for u in uploads]
         with self._write_lock:
             self._check_open()
-            results: dict[int, tuple[Item, bool]] = {}
-            first_of: dict[str, int] = {}
-            fresh: list[int] = []
-            for pos, upload in enumerate(uploads):
-                existing = self._catalog.get_by_sha(upload.sha256)
-                if existing is not None:
-                    results[pos] = (existing, True)
-                elif upload.sha256 not in first_of:
-                    first_of[upload.sha256] = pos
-                    fresh.append(pos)
-            if any(not rows[p].embedding.any() for p in fresh):
-                # a placeholder sent for an expected duplicate whose original is gone
-                raise ValueError("a new item's embedding is all zeros")
-            items = self._insert([uploads[p] for p in fresh], [rows[p] for p in fresh])
-            results.update((pos, (item, False)) for pos, item in zip(fresh, items, strict=True))
-            for pos, upload in enumerate(uploads):
-                if pos not in results:
-                    results[pos] = (results[first_of[upload.sha256]][0], True)
-            if items:
-                self._index_added(
-                    np.array([i.id for i in items], dtype=np.int64),
-                    np.stack([rows[p].embedding for p in fresh]),
-                )
-        return [results[pos] for pos in range(len(uploads))]
-
-    def _row(self, upload: Upload) -> NewItem:
-        """Validate an upload into the catalog row it becomes (raises like ``add``)."""
-        if hashlib.sha256(upload.data).hexdigest() != upload.sha256:
-            raise ValueError("sha256 does not match the data")
-        if upload.tokens is not None and np.ndim(upload.tokens) != 2:
-            raise ValueError(f"tokens must be (T, W), got shape {np.shape(upload.tokens)}")
-        return NewItem(
-            sha256=upload.sha256,
-            file=file_name(upload.sha256, upload.ext),
-            content_type=upload.content_type,
-            embedding=as_matrix(upload.embedding, self.dim)[0],
-            original_name=upload.original_name,
-            width=upload.width,
-            height=upload.height,
-            caption=upload.caption,
-            tags=clean_tags(upload.tags),
-            tokens=upload.tokens,
-            bytes=len(upload.data),
-        )
-
-    def _insert(self, uploads: Sequence[Upload], rows: Sequence[NewItem]) -> list[Item]:
-        """Files first, then one catalog transaction; on failure drop the files no row uses."""
-        if not uploads:
-            return []
-        written: list[str] = []
-        try:
-            for upload in uploads:
-                written.append(self._files.put(upload.data, upload.sha256, upload.ext))
-            return self._catalog.add_many(rows)
-        except BaseException:
-            for name in written:
-                self._drop_file_if_unused(name)
-            raise
-
-    def _drop_file_if_unused(self, name: str) -> None:
-        try:
-            if not self._catalog.file_referenced(name):
-                self._files.delete(name)
-        except (OSError, StoreError) as exc:  # the next open removes it as an orphan
-            log.warning("could not remove unused file %s: %s", name, exc)
-
-    def _index_added(self, ids: npt.NDArray[np.int64], vecs: npt.NDArray[np.float32]) -> None:
-        """Mirror committed rows into FAISS; the rows are durable whatever happens here."""
-        try:
-            if self._vectors is None:
-                raise IndexNotReady("vector index unavailable")
-            self._vectors.add(ids, vecs)
-        except Exception:
-            log.exception("adding to the vector index failed; rebuilding it from the catalog")
-            self._recover()
-            return
-        self._changes += len(ids)
-        self._maintain()
+            return add_batch(self._catalog, self._files, self._copy, uploads, rows)
 
     def delete(self, item_id: int) -> Item:
         """Delete an item: its row, its vector, and its file when no other row uses it.
@@ -415,38 +206,8 @@ class Store:
         self._check_open()
         with self._write_lock:
             self._check_open()
-            item = self._catalog.delete(item_id)
-            if self._vectors is not None:
-                self._vectors.remove([item_id])
-            self._drop_file_if_unused(item.file)
-            self._changes += 1
-            self._maintain()
+            item = delete_item(self._catalog, self._files, self._copy, item_id)
         return item
-
-    def _maintain(self) -> None:
-        """After writes: rebuild when the index type no longer fits, else snapshot when due."""
-        vectors = self._vectors
-        if vectors is None:
-            return
-        if vectors.ntotal >= self._retry_rebuild_at and self._wants_rebuild(vectors):
-            try:
-                self._rebuild_locked(None)
-            except Exception:
-                log.exception("rebuilding the vector index failed; keeping the current one")
-                self._retry_rebuild_at = self._grown(vectors.ntotal)
-        elif self._changes >= self.snapshot_every:
-            self._snapshot_quietly()
-
-    def _grown(self, count: int) -> int:
-        """The count past which a failed rebuild is worth another try."""
-        return int(count * (1 + self.thresholds.hysteresis)) + 1
-
-    def _recover(self) -> None:
-        try:
-            self._rebuild_locked(None)
-        except Exception:
-            log.exception("vector index rebuild failed; searches answer IndexNotReady")
-            self._vectors = None
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -458,21 +219,7 @@ class Store:
         """
         with self._write_lock:
             self._check_open()
-            self._snapshot_locked()
-
-    def _snapshot_locked(self) -> None:
-        if self._vectors is None:
-            raise IndexNotReady("vector index unavailable")
-        self._vectors.save(self._snapshot_path, self.model_name)
-        self._snapshot_max_id = self._vectors.max_id
-        self._changes = 0
-
-    def _snapshot_quietly(self) -> None:
-        # A failed snapshot loses nothing: the catalog replays it on the next start.
-        try:
-            self._snapshot_locked()
-        except (OSError, StoreError) as exc:
-            log.warning("vector snapshot failed (the catalog still has every row): %s", exc)
+            self._copy.snapshot()
 
     def rebuild(self, factory: str | None = None) -> None:
         """Rebuild the vector index from the catalog (``factory`` overrides the choice once);
@@ -482,7 +229,7 @@ class Store:
         """
         with self._write_lock:
             self._check_open()
-            self._rebuild_locked(factory)
+            self._copy.rebuild(factory)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -567,19 +314,16 @@ class Store:
         dimension, IndexNotReady when the vector index is unavailable or the store closed.
         """
         self._check_open()
-        vectors = self._vectors
-        if vectors is None:
-            raise IndexNotReady("vector index unavailable")
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        matrix = as_matrix(query_vecs, self.dim)
-        wanted = clean_tags(tags)
-        if not wanted:
-            return vectors.search(matrix, k, block=set(exclude_ids))
-        allow = self._catalog.ids_with_tags(wanted).difference(exclude_ids)
-        if len(allow) <= self.thresholds.exact_filter_max:
-            return self._exact_search(matrix, k, allow)
-        return vectors.search(matrix, k, allow=allow)
+        return vector_search(
+            self._copy.vectors,
+            self._catalog,
+            self.dim,
+            self.thresholds,
+            query_vecs,
+            k,
+            tags,
+            exclude_ids,
+        )
 
     def keyword_search(
         self, query: str, k: int, tags: Sequence[str] | None = None, syntax: str = "terms"
@@ -595,33 +339,17 @@ class Store:
             raise ValueError("k must be at least 1")
         return self._catalog.keyword_search(query, k, clean_tags(tags), syntax)
 
-    def _exact_search(
-        self, matrix: npt.NDArray[np.float32], k: int, allow: Collection[int]
-    ) -> builtins.list[Hits]:
-        """Score a small candidate set exactly from the catalog's vectors."""
-        ids, vecs = self._catalog.embeddings_for(allow)
-        if ids.size == 0:
-            return [[] for _ in range(matrix.shape[0])]
-        scores = matrix @ vecs.T
-        top = min(k, ids.size)
-        hits: builtins.list[Hits] = []
-        for row in scores:
-            best = np.argpartition(-row, top - 1)[:top]
-            best = best[np.argsort(-row[best], kind="stable")]
-            hits.append([(int(ids[i]), float(row[i])) for i in best])
-        return hits
-
     def stats(self) -> dict[str, Any]:
         """count (catalog rows), vectors (searchable), factory, dim, snapshot_max_id (None
         before the first snapshot), model, tombstones. Raises IndexNotReady when closed."""
         self._check_open()
-        vectors = self._vectors
+        vectors = self._copy.vectors
         return {
             "count": self._catalog.count(),
             "vectors": vectors.ntotal if vectors is not None else 0,
             "factory": vectors.factory if vectors is not None else None,
             "dim": self.dim,
-            "snapshot_max_id": self._snapshot_max_id,
+            "snapshot_max_id": self._copy.snapshot_max_id,
             "model": self.model_name,
             "tombstones": vectors.tombstones if vectors is not None else 0,
         }
@@ -651,8 +379,8 @@ class Store:
                 return
             self._closed = True
             try:
-                if self._changes and self._vectors is not None:
-                    self._snapshot_quietly()
+                if self._copy.changes and self._copy.vectors is not None:
+                    self._copy.snapshot_quietly()
             finally:
                 self._catalog.close()
                 self._lock.release()
