@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,24 +50,6 @@ def resolve_out(arg: str | None, quick: bool = False) -> Path:
     return QUICK_DIR if quick else RESULTS_DIR
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (lscpu, then platform, where that is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def _ram_bytes() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -85,13 +66,19 @@ def machine() -> dict[str, Any]:
     import open_clip
     import torch
 
-    from models.encoder import native_bf16
+    from models.precision import cpu_info
 
+    cpu = cpu_info()
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu.model,
+        # which of avx2, avx512f, avx512_vnni, avx512_bf16, amx_bf16 the CPU has: what the
+        # figures depend on, and what `auto` precision reads (models.precision)
+        "cpu_flags": list(cpu.flags),
+        "cpu_source": cpu.source,
         "cores": os.cpu_count(),
         "ram_gib": round(_ram_bytes() / 2**30, 1),
-        "native_bf16": native_bf16(),
+        "native_bf16": cpu.native_bf16,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -33,7 +33,7 @@ from models import load_model
 from models import synthetic as syn
 from models.synthetic.sampling import sample_scene
 
-from .common import RESULTS_DIR
+from .common import RESULTS_DIR, machine
 
 Edit = Callable[[Image.Image], Image.Image]
 
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    result["machine"] = machine()  # the CPU's model name and flags, as in every result
     (args.out / "duplicates.json").write_text(json.dumps(result, indent=1))
     _plot(result, args.out / "duplicates.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("cosine", "phash",

@@ -44,7 +44,7 @@ from models import decode_image, load_model
 from models import synthetic as syn
 from models.synthetic.ood import ood_example
 
-from .common import RESULTS_DIR
+from .common import RESULTS_DIR, machine
 
 NAMES = ["Maria", "Oskar", "Ilse", "Tomas", "Aiko", "Bruno", "Chiara", "Dmitri", "Elif", "Farid",
          "Greta", "Hamid", "Ines", "Jonas", "Kaja", "Lukas", "Mei", "Nils", "Olga", "Pavel"]
@@ -176,6 +176,7 @@ def run_hybrid(n: int, out: Path) -> dict[str, Any]:
               "seconds_per_query": round(seconds / (len(queries) * len(MODES)), 4),
               "examples": [q[:2] for q in queries[::40]]}
     out.mkdir(parents=True, exist_ok=True)
+    result["machine"] = machine()  # the CPU's model name and flags, as in every result
     (out / "search-hybrid.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -250,6 +251,7 @@ def run_cutoff(n: int, queries: int, out: Path) -> dict[str, Any]:
               "at_default": {name: pr_at(j, chosen) for name, j in judged.items()},
               "without_cutoff": base, "curves": curves}
     out.mkdir(parents=True, exist_ok=True)
+    result["machine"] = machine()
     (out / "search-cutoff.json").write_text(json.dumps(result, indent=1))
     _plot_cutoff(result, out / "search-cutoff.png")
     return result

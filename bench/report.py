@@ -670,17 +670,23 @@ def _machine_table(res: Results) -> str:
 
 def _machine(res: Results) -> str:
     facts = {name: d["machine"] for name, d in res.items()}
-    keys = ("cpu", "cores", "ram_gib", "native_bf16", "torch", "torch_threads", "open_clip",
-            "faiss", "numpy", "python")
-    distinct = {tuple(m.get(k) for k in keys) for m in facts.values()}
+    keys = ("cpu", "cpu_flags", "cores", "ram_gib", "native_bf16", "torch", "torch_threads",
+            "open_clip", "faiss", "numpy", "python")
+    distinct = {json.dumps([m.get(k) for k in keys]) for m in facts.values()}
     m = next(iter(facts.values()))
-    line = (f"CPU **{m['cpu']}** (from /proc/cpuinfo), {m['cores']} cores, {m['ram_gib']} GiB "
-            f"RAM, native bf16: {m['native_bf16']}; torch {m['torch']} "
+    flags = m.get("cpu_flags")
+    flag_text = (f"flags {', '.join(flags) if flags else 'none'} of avx2, avx512f, avx512_vnni, "
+                 "avx512_bf16, amx_bf16" if flags is not None else "flags not recorded")
+    line = (f"CPU **{m['cpu']}** (from {m.get('cpu_source', '/proc/cpuinfo')}), {flag_text}, "
+            f"{m['cores']} cores, {m['ram_gib']} GiB "
+            f"RAM, native bf16: {m['native_bf16']}, GPU: {m.get('gpu') or 'none'}; "
+            f"torch {m['torch']} "
             f"({m['torch_threads']} threads), open_clip {m['open_clip']}, FAISS {m['faiss']}, "
             f"NumPy {m['numpy']}, Python {m['python']}.")
     if len(distinct) > 1:
         line += " The files were not all written on this machine: " + "; ".join(
-            f"{n}: {f['cpu']}, {f['cores']} cores, torch {f['torch']}" for n, f in facts.items())
+            f"{n}: {f['cpu']} ({', '.join(f.get('cpu_flags') or []) or 'flags not recorded'}), "
+            f"{f['cores']} cores, torch {f['torch']}" for n, f in facts.items())
     return line
 
 

@@ -16,6 +16,7 @@ import pytest
 from bench import report
 from bench.common import QUICK_DIR, RESULTS_DIR, resolve_out
 from bench.run import main
+from models.precision import cpu_info
 
 CASES = {
     "encode": (["--models", "fusion-tiny"], {"matmul_gflops", "models", "goals"},
@@ -47,6 +48,10 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
     assert (results / f"{what}.png").stat().st_size > 0
     assert result["benchmark"] == what and result["quick"] is True
     assert {"cpu", "cores", "torch"} <= set(result["machine"])
+    cpu = cpu_info()  # the machine line names this CPU and the flags its figures depend on
+    assert result["machine"]["cpu"] == cpu.model and cpu.model
+    assert result["machine"]["cpu_flags"] == list(cpu.flags)
+    assert result["machine"]["native_bf16"] is cpu.native_bf16
     assert result["run"]["command"].startswith(f"fusion-search bench {what} --quick --out ")
     assert result["run"]["wall_s"] > 0
     assert top_keys <= set(result)
@@ -78,7 +83,11 @@ def test_report_renders_what_was_measured_and_names_the_rest(results: Path) -> N
     doc = results / "page" / "benchmarks.md"
     assert main(["report", "--out", str(results), "--doc", str(doc)]) == 0
     text = doc.read_text()
-    assert "Quick (CI-sized) results" in text and "CPU **" in text
+    assert "Quick (CI-sized) results" in text
+    cpu = cpu_info()
+    flags = ", ".join(cpu.flags) or "none"
+    assert (f"CPU **{cpu.model}** (from {cpu.source}), flags {flags} of avx2, avx512f, "
+            "avx512_vnni, avx512_bf16, amx_bf16") in text
     for what in CASES:
         if (results / f"{what}.json").is_file():
             assert f"fusion-search bench {what} --quick" in text
