@@ -677,9 +677,10 @@ def _machine(res: Results) -> str:
     flags = m.get("cpu_flags")
     flag_text = (f"flags {', '.join(flags) if flags else 'none'} of avx2, avx512f, avx512_vnni, "
                  "avx512_bf16, amx_bf16" if flags is not None else "flags not recorded")
+    gpu = (m["gpu"] or "none") if "gpu" in m else "not recorded"
     line = (f"CPU **{m['cpu']}** (from {m.get('cpu_source', '/proc/cpuinfo')}), {flag_text}, "
             f"{m['cores']} cores, {m['ram_gib']} GiB "
-            f"RAM, native bf16: {m['native_bf16']}, GPU: {m.get('gpu') or 'none'}; "
+            f"RAM, native bf16: {m['native_bf16']}, GPU: {gpu}; "
             f"torch {m['torch']} "
             f"({m['torch_threads']} threads), open_clip {m['open_clip']}, FAISS {m['faiss']}, "
             f"NumPy {m['numpy']}, Python {m['python']}.")
@@ -718,7 +719,14 @@ def render(res: Results, folder: Path, doc: Path) -> str:
     if res:
         out += [_machine(res), "", _machine_table(res), "",
                 "A load average above the core count while a benchmark ran means other work "
-                "shared the machine; its figures are then lower than this machine can do.", ""]
+                "shared the machine; its figures are then lower than this machine can do.", "",
+                "The flags are those of avx2, avx512f, avx512_vnni, avx512_bf16 and amx_bf16 "
+                "the CPU has (`models.precision.cpu_info`, the same reading `/api/v1/info` "
+                "reports): `FUSION_PRECISION=auto` runs the encoders in bf16 only with "
+                "avx512_bf16 or amx_bf16, in fp32 otherwise. These benchmarks run the model on "
+                "the CPU; the service chooses its device with `FUSION_DEVICE` (auto, cpu, cuda, "
+                "cuda:N; auto takes a GPU where torch sees one), and GPU names one where the "
+                "machine had it.", ""]
     else:
         out += [f"{NOT_MEASURED}: no result files in `{rel}/`.", ""]
     judged = goals(res)
