@@ -21,37 +21,23 @@ with one torch thread per request, and text search served by ViT-B-32 (random we
 speed matters) over a collection of its own without patch tokens. The server's resident memory
 (RSS) is read from /proc, next to the bytes of patch tokens held in the SQLite catalog, to show
 those stay on disk.
+
+This module runs the scenarios and writes the result; the collection is in ``http_collection``,
+the server in ``http_server``, the httpx driver and the requests in ``http_clients``, the wrk
+driver in ``http_wrk``. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import json
 import logging
-import math
-import os
-import re
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
-from index import Store, Upload
 
 from .common import (
     Options,
@@ -62,8 +48,33 @@ from .common import (
     save_figure,
     write_json,
 )
+from .http_clients import SEARCH_PATH, Request, Search, drive, search_request, upload_request
+from .http_collection import TAGS, bulk_load, dir_bytes, load_with_tokens, png_bytes
+from .http_server import MODEL, cpu_ticks, free_port, rss_bytes, server, wait_ready
+from .http_wrk import (
+    WRK_ENV,
+    WRK_MARK,
+    WRK_THREADS,
+    find_wrk,
+    lua_string,
+    parse_wrk,
+    run_wrk,
+    wrk_command,
+    wrk_drive,
+    wrk_script,
+    wrk_version,
+)
 
-MODEL = "fusion-tiny"
+__all__ = [
+    "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL", "FULL_DURATION", "FULL_ITEMS", "GOALS",
+    "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION", "QUICK_ITEMS", "SEARCH_PATH", "TAGS",
+    "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request", "Search", "big_model_search", "bulk_load",
+    "checks", "client_description", "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk",
+    "free_port", "load_with_tokens", "lua_string", "parse_wrk", "plot", "png_bytes", "rss_bytes",
+    "run", "run_levels", "run_wrk", "search_request", "server", "upload_request", "wait_ready",
+    "wrk_command", "wrk_drive", "wrk_script", "wrk_version",
+]
+
 FULL_ITEMS = 100_000
 QUICK_ITEMS = 2_000
 FULL_DURATION = 20.0
@@ -71,371 +82,10 @@ QUICK_DURATION = 1.0
 LEVELS = (1, 4, 16)
 BIG_MODEL = "ViT-B-32"
 BIG_LEVELS = (1,)
-TAGS = ("red", "green", "blue", "indoor", "outdoor", "large", "small")
 GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
          "vit_b32_c1_p50_ms": 20.0}
-_LOAD_BATCH = 1000
-SEARCH_PATH = "/api/v1/search/text"
-WRK_ENV = "FUSION_BENCH_WRK"  # "off" forces httpx; a path or name picks that wrk binary
-WRK_THREADS = 2  # wrk threads at most (each drives concurrency/threads connections)
 COMPARE_LEVEL = 4  # full run: search at this many clients with httpx as well, same server
 HTTPX_COMPARISON = "search [httpx client]"
-
-Request = Callable[[Any, int], Awaitable[Any]]
-
-
-# ---- the collection -----------------------------------------------------------------------------
-
-def png_bytes(i: int, size: int = 8, seed: int = 0) -> bytes:
-    """A small PNG that differs for every ``i``."""
-    rng = np.random.default_rng([seed, i])
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def bulk_load(data_dir: Path, n: int, dim: int, tokens: tuple[int, int] | None, model_name: str,
-              captions: Sequence[str]) -> dict[str, Any]:
-    """Fill a data dir with ``n`` synthetic items through Store.add_many (with random patch
-    tokens of shape ``tokens``, or none); returns the seconds it took and the index type."""
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    with Store.open(data_dir, dim=dim, model_name=model_name, snapshot_every=10**9) as store:
-        for start in tqdm(range(0, n, _LOAD_BATCH), desc=f"bulk load {n:,}", leave=False):
-            count = min(_LOAD_BATCH, n - start)
-            emb = rng.standard_normal((count, dim), dtype=np.float32)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            tok = (rng.standard_normal((count, *tokens), dtype=np.float32).astype(np.float16)
-                   if tokens else None)
-            uploads = []
-            for j in range(count):
-                data = png_bytes(start + j)
-                uploads.append(Upload(
-                    data=data, sha256=hashlib.sha256(data).hexdigest(), ext="png",
-                    content_type="image/png", embedding=emb[j],
-                    tokens=tok[j] if tok is not None else None, width=8,
-                    height=8, caption=captions[(start + j) % len(captions)],
-                    tags=[TAGS[(start + j) % len(TAGS)]]))
-            store.add_many(uploads)
-        factory = store.stats()["factory"]
-    return {"load_s": time.perf_counter() - t0, "factory": factory}
-
-
-def load_with_tokens(data_dir: Path, n: int, model: Any, captions: Sequence[str]
-                     ) -> tuple[dict[str, Any], int, int]:
-    """``bulk_load`` with random patch tokens of ``model``'s shape: its result, the bytes the
-    data dir then holds and the bytes of patch tokens among them."""
-    tokens = (model.num_image_tokens, model.image_token_width)
-    loaded = bulk_load(data_dir, n, model.embed_dim, tokens, model.name, captions)
-    return loaded, dir_bytes(data_dir), n * tokens[0] * tokens[1] * 2
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-# ---- the server ---------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> dict[str, int]:
-    """Current and peak resident set size of a process (VmRSS / VmHWM)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return {"rss": out.get("VmRSS", 0), "peak": out.get("VmHWM", 0)}
-
-
-def cpu_ticks(pid: int) -> float:
-    """CPU seconds (user + system) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def server(data_dir: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
-    """A uvicorn process serving the app on a free port: yields (base url, pid)."""
-    port = free_port()
-    full_env = {**os.environ, "FUSION_DATA_DIR": str(data_dir), "FUSION_MODEL": MODEL,
-                "HF_HUB_OFFLINE": "1", **env}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-           "--no-access-log"]
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[1])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_ready(base, proc, timeout=600)
-        except (RuntimeError, TimeoutError):
-            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-            raise
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError("server not ready")
-
-
-# ---- the load generator -------------------------------------------------------------------------
-
-async def drive(base: str, request: Request, concurrency: int, duration: float,
-                warmup: float) -> dict[str, Any]:
-    """Closed-loop load: ``concurrency`` clients for ``duration`` s after ``warmup`` s."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        counter = iter(range(10**12))
-
-        async def worker(until: float, keep: bool) -> None:
-            while time.perf_counter() < until:
-                t0 = time.perf_counter()
-                try:
-                    r = await request(client, next(counter))
-                    ok, why = r.status_code < 300, str(r.status_code)
-                except httpx.HTTPError as exc:
-                    ok, why = False, type(exc).__name__
-                if keep and ok:
-                    lat.append(time.perf_counter() - t0)
-                elif keep:
-                    errors[why] = errors.get(why, 0) + 1
-
-        end = time.perf_counter() + warmup
-        await asyncio.gather(*(worker(end, False) for _ in range(concurrency)))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(t0 + duration, True) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": len(lat), "rps": len(lat) / wall,
-            "errors": sum(errors.values()), "error_kinds": errors, **latency_stats(lat)}
-
-
-@dataclass(frozen=True)
-class Search:
-    """Text searches cycling through ``queries``: what either client sends."""
-
-    queries: Sequence[str]
-    rerank: bool
-
-    def body(self, i: int) -> dict[str, Any]:
-        return {"query": self.queries[i % len(self.queries)], "k": 10, "rerank": self.rerank}
-
-    def httpx_request(self) -> Request:
-        async def request(client: Any, i: int) -> Any:
-            return await client.post(SEARCH_PATH, json=self.body(i))
-
-        return request
-
-
-def search_request(queries: Sequence[str], rerank: bool) -> Search:
-    return Search(tuple(queries), rerank)
-
-
-# ---- wrk ----------------------------------------------------------------------------------------
-
-WRK_MARK = "FUSION_WRK"
-_WRK_DONE = """
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '%s {"duration_us": %.0f, "requests": %.0f, "bytes": %.0f, "connect": %.0f, "read": %.0f, '
-    .. '"write": %.0f, "status": %.0f, "timeout": %.0f, "p50_us": %.0f, "p90_us": %.0f, '
-    .. '"p99_us": %.0f, "mean_us": %.1f, "max_us": %.0f}\\n',
-    MARK, summary.duration, summary.requests, summary.bytes, e.connect, e.read, e.write,
-    e.status, e.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.mean, latency.max))
-end
-"""
-
-
-def find_wrk() -> str | None:
-    """The wrk binary to drive searches with: ``$FUSION_BENCH_WRK`` (a path or name; "off"
-    for none), else ``wrk`` on PATH; None where there is none."""
-    choice = os.environ.get(WRK_ENV, "").strip()
-    if choice.lower() in ("0", "off", "no", "none", "httpx"):
-        return None
-    return shutil.which(choice or "wrk")
-
-
-def wrk_version(wrk: str) -> str:
-    """``wrk debian/4.1.0-3+b2 [epoll]``: the first line ``wrk --version`` prints."""
-    proc = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-    first = (proc.stdout + proc.stderr).strip().splitlines()[:1]
-    return first[0].split(" Copyright")[0].strip() if first else "wrk"
-
-
-def lua_string(text: str) -> str:
-    """A Lua string literal of ``text`` (bytes outside printable ASCII as decimal escapes)."""
-    out = []
-    for b in text.encode():
-        ch = chr(b)
-        out.append("\\" + ch if ch in '"\\' else ch if 32 <= b < 127 else f"\\{b:03d}")
-    return '"' + "".join(out) + '"'
-
-
-def wrk_script(search: Search, threads: int) -> str:
-    """The Lua script wrk runs: each thread formats one POST per query up front, then cycles
-    through them from its own offset; ``done()`` prints one ``FUSION_WRK {json}`` line with
-    the exact percentiles in microseconds."""
-    bodies = ",\n".join("  " + lua_string(json.dumps(search.body(i)))
-                        for i in range(len(search.queries)))
-    return f"""-- written by bench/http_load.py for one wrk run
-local bodies = {{
-{bodies}
-}}
-local prepared = {{}}
-local i = 0
-local threads = 0
-MARK = "{WRK_MARK}"
-
-function setup(thread)
-  thread:set("id", threads)
-  threads = threads + 1
-end
-
-function init(args)
-  for n, body in ipairs(bodies) do
-    prepared[n] = wrk.format("POST", {lua_string(SEARCH_PATH)},
-                             {{["Content-Type"] = "application/json"}}, body)
-  end
-  i = (id or 0) * math.floor(#prepared / {threads})
-end
-
-function request()
-  i = i % #prepared + 1
-  return prepared[i]
-end
-{_WRK_DONE}"""
-
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _seconds(value: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value.strip())
-    if not m:
-        raise ValueError(f"not a wrk duration: {value!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(text: str) -> dict[str, Any]:
-    """The figures of one wrk run from its stdout: from the ``FUSION_WRK`` line that the
-    script's ``done()`` prints (exact percentiles), else from wrk's own report (``--latency``
-    percentiles, rounded as wrk prints them). ``requests`` and ``rps`` count the answers
-    below 400; ``errors`` are the other answers plus socket errors, by kind."""
-    for line in text.splitlines():
-        if line.startswith(WRK_MARK + " "):
-            d = json.loads(line[len(WRK_MARK) + 1:])
-            kinds = {k: int(d[k]) for k in ("status", "connect", "read", "write", "timeout")}
-            duration, answered = d["duration_us"] / 1e6, int(d["requests"])
-            p = {q: d[f"p{q}_us"] / 1000 for q in (50, 90, 99)}
-            mean, source = d["mean_us"] / 1000, "lua done()"
-            break
-    else:
-        m = re.search(r"^\s*(\d+) requests in ([\d.]+\w+),", text, re.M)
-        if not m:
-            raise ValueError("no wrk report in its output:\n" + text[-2000:])
-        answered, duration = int(m.group(1)), _seconds(m.group(2))
-        p = {int(q): _seconds(v) * 1000
-             for q, v in re.findall(r"^\s*(\d+)%\s+([\d.]+\w+)\s*$", text, re.M)}
-        if not {50, 90, 99} <= set(p):
-            raise ValueError("no latency distribution in the wrk report (run it with --latency)")
-        lat = re.search(r"^\s*Latency\s+([\d.]+\w+)\s", text, re.M)
-        mean, source = (_seconds(lat.group(1)) * 1000 if lat else float("nan")), "wrk --latency"
-        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                         r"timeout (\d+)", text)
-        status = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-        kinds = {"status": int(status.group(1)) if status else 0,
-                 **{k: int(sock.group(i)) if sock else 0
-                    for i, k in enumerate(("connect", "read", "write", "timeout"), 1)}}
-    ok = answered - kinds["status"]
-    errors = {("status>=400" if k == "status" else k): v for k, v in kinds.items() if v}
-    return {"requests": ok, "rps": ok / duration if duration else 0.0,
-            "errors": sum(errors.values()), "error_kinds": errors,
-            "p50_ms": round(p[50], 4), "p90_ms": round(p[90], 4), "p99_ms": round(p[99], 4),
-            "mean_ms": round(mean, 4), "n": ok, "duration_s": round(duration, 3),
-            "percentiles_from": source}
-
-
-def wrk_command(wrk: str, base: str, script: Path, concurrency: int, seconds: int) -> list[str]:
-    threads = min(concurrency, WRK_THREADS)
-    return [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
-            "--latency", "-s", str(script), base + SEARCH_PATH]
-
-
-def run_wrk(wrk: str, base: str, script: Path, concurrency: int, seconds: float) -> str:
-    """One wrk run; its stdout. wrk takes whole seconds: a shorter or fractional time is cut
-    with SIGINT, after which wrk stops and reports as at the end of ``-d`` (its report gives
-    the time it really ran)."""
-    whole = seconds >= 1 and float(seconds).is_integer()
-    cmd = wrk_command(wrk, base, script, concurrency, int(seconds) if whole
-                      else max(1, math.ceil(seconds)))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not whole:
-        time.sleep(seconds)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=math.ceil(seconds) + 120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{err}{out}")
-    return out
-
-
-def wrk_drive(wrk: str, base: str, search: Search, concurrency: int, duration: float,
-              warmup: float) -> dict[str, Any]:
-    """Closed-loop load with wrk: ``concurrency`` connections for ``duration`` s after a wrk
-    run of ``warmup`` s whose figures are dropped."""
-    with tempfile.TemporaryDirectory(prefix="fusion-wrk-") as tmp:
-        script = Path(tmp) / "search.lua"
-        script.write_text(wrk_script(search, min(concurrency, WRK_THREADS)))
-        if warmup > 0:
-            run_wrk(wrk, base, script, concurrency, warmup)
-        out = run_wrk(wrk, base, script, concurrency, duration)
-    return {"concurrency": concurrency, **parse_wrk(out),
-            "threads": min(concurrency, WRK_THREADS)}
-
-
-def upload_request(seed: int) -> Request:
-    async def request(client: Any, i: int) -> Any:
-        data = png_bytes(i, size=64, seed=seed)
-        return await client.post("/api/v1/images",
-                                 files=[("files", (f"u{i}.png", data, "image/png"))])
-
-    return request
 
 
 def run_levels(name: str, base: str, pid: int, load: Request | Search, duration: float,
