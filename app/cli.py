@@ -8,15 +8,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-
-log = logging.getLogger("fusion-search")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-# ingest decodes a JPEG reduced to no less than this many times the model's input size
-DRAFT_MARGIN = 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -42,242 +35,32 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def iter_sources(paths: Sequence[str]) -> Iterator[tuple[Path, str | None]]:
-    """(image path, caption) from folders (recursive), files, and TSVs (filepath, title)."""
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield f, None
-        elif p.suffix.lower() in (".tsv", ".csv"):
-            yield from _read_table(p)
-        else:
-            yield p, None
-
-
-def _read_table(path: Path) -> Iterator[tuple[Path, str | None]]:
-    import csv
-
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter=delim)
-        if not reader.fieldnames or "filepath" not in reader.fieldnames:
-            raise SystemExit(f"{path}: needs a 'filepath' column (and optionally 'title')")
-        for row in reader:
-            fp = Path(row["filepath"])
-            yield (fp if fp.is_absolute() else path.parent / fp), (row.get("title") or None)
-
-
 def _ingest(args: argparse.Namespace) -> int:
-    import gc
-    from collections import deque
-
-    # Start-up allocates millions of long-lived objects (torch, open_clip): collecting cycles
-    # among them is wasted work (~0.7 s), so collection waits until the model is loaded and
-    # those objects are then frozen out of every later collection.
-    gc.disable()
-    try:
-        import torch
-        from pydantic import ValidationError
-        from tqdm import tqdm
-
-        from index import Item, Upload
-        from models import BadImage, DecodedImage, decode_image
-
-        from .main import build_service
-        from .routers.images import parse_tags
-        from .settings import Settings
-
-        overrides = {k: v for k, v in (("data_dir", args.data), ("device", args.device)) if v}
-        try:
-            settings = Settings(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:  # e.g. --device cuda on a machine without a GPU
-            print(f"fusion-search ingest: {exc}", file=sys.stderr)
-            return 2
-        service = build_service(settings.model_copy(update={"demo": False}))
-    finally:
-        gc.freeze()
-        gc.enable()
-    sources = list(iter_sources(args.paths))
-    tags = parse_tags(args.tags or [])
-    bad: list[tuple[str, str]] = []
-    added = skipped = 0
-    Record = tuple[bytes, DecodedImage, str | None, str | None, list[str]]
-
-    # The encoder shrinks every image to its input size anyway: a JPEG is decoded by libjpeg at
-    # 1/2, 1/4 or 1/8 scale while at least DRAFT_MARGIN times that size, so the encoder's own
-    # bicubic resize still does (at least half of) the reduction and the embedding stays that
-    # of the full decode (cosine >= 0.99), at a fraction of the decode and resize cost.
-    h, w = service.model.image_size
-    reduce_to = (w * DRAFT_MARGIN, h * DRAFT_MARGIN)
-    # Several encoder threads, each with its share of the cores for torch: a small model's
-    # forward pass does not keep two cores busy, and one team per core never waits on the
-    # decode or commit threads the way a two-thread team does on a two-core machine.
-    encoders = max(1, args.encoders)
-    torch_threads = torch.get_num_threads()
-    if not settings.torch_threads:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // encoders))
-
-    def load(src: tuple[Path, str | None]) -> tuple[Path, str | None, bytes, DecodedImage | str]:
-        """The file's bytes and decoded image, or in its place why it cannot be decoded."""
-        path, caption = src
-        try:
-            data = path.read_bytes()
-            return path, caption, data, decode_image(data, settings.max_pixels,
-                                                     reduce_to=reduce_to)
-        except (OSError, BadImage) as exc:
-            return path, caption, b"", str(exc)
-
-    def commit(records: list[Record], uploads: list[Upload]) -> list[tuple[Item, bool]]:
-        try:
-            return service.commit_uploads(uploads)
-        except ValueError:
-            # an image stored when the batch was prepared was deleted since: encode it after all
-            log.info("a stored original was deleted during ingest; re-encoding its batch")
-            return service.commit_uploads(service.prepare_uploads(records))
-
-    def tally(results: Sequence[tuple[Item, bool]]) -> None:
-        nonlocal added, skipped
-        for _, dup in results:
-            added, skipped = added + (not dup), skipped + dup
-        bar.set_postfix(added=added, skipped=skipped, bad=len(bad))
-
-    # Three stages at once: the pool decodes batch i+1, `encoders` threads encode the batches
-    # before it and one writer thread commits the oldest encoded batch (file and SQLite
-    # fsyncs). One writer keeps the commits in input order; waiting on its previous commit
-    # before submitting the next one re-raises its error (StorageFull, say) here and stops the
-    # run with nothing after it written. An image repeated across neighbouring batches is
-    # encoded twice but stored once: add_many checks the digests again inside its transaction.
-    chunks = [sources[s : s + args.batch] for s in range(0, len(sources), args.batch)]
-    bar = tqdm(total=len(sources), desc="ingest", unit="img")
-    encoding: deque[tuple[list[Record], Future[list[Upload]], int]] = deque()
-    committing: Future[list[tuple[Item, bool]]] | None = None
-
-    def commit_oldest() -> None:
-        nonlocal committing
-        records, prepared, n = encoding.popleft()
-        uploads = prepared.result()
-        if committing is not None:
-            tally(committing.result())
-        committing = writer.submit(commit, records, uploads) if uploads else None
-        bar.update(n)
+    from .ingest import IngestSettingsError, ingest
 
     try:
-        with ThreadPoolExecutor(max_workers=args.workers) as pool, \
-                ThreadPoolExecutor(max_workers=encoders) as encoder, \
-                ThreadPoolExecutor(max_workers=1) as writer:
-            decoding = [pool.submit(load, src) for src in chunks[0]] if chunks else []
-            for i in range(len(chunks)):
-                loaded = [f.result() for f in decoding]
-                if i + 1 < len(chunks):
-                    decoding = [pool.submit(load, src) for src in chunks[i + 1]]
-                records: list[Record] = []
-                for path, caption, data, img in loaded:
-                    if isinstance(img, str):
-                        bad.append((str(path), img))
-                    else:
-                        records.append((data, img, path.name, args.caption or caption, tags))
-                if len(encoding) == encoders:
-                    commit_oldest()
-                encoding.append((records, encoder.submit(service.prepare_uploads, records),
-                                 len(loaded)))
-            while encoding:
-                commit_oldest()
-            if committing is not None:
-                tally(committing.result())
-    finally:
-        bar.close()
-        service.store.close()
-        torch.set_num_threads(torch_threads)  # as it was, when called in-process (tests)
-        gc.unfreeze()
-    for name, why in bad:
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    print(json.dumps({"added": added, "already_present": skipped, "bad": len(bad)}))
+        report = ingest(args.paths, data_dir=args.data, device=args.device,
+                        caption=args.caption, tags=args.tags, batch=args.batch,
+                        workers=args.workers, encoders=args.encoders)
+    except IngestSettingsError as exc:  # e.g. --device cuda on a machine without a GPU
+        print(f"fusion-search ingest: {exc}", file=sys.stderr)
+        return 2
+    report.print()
     return 0
 
 
 def _backup(args: argparse.Namespace) -> int:
-    """Copy a data dir's catalog (SQLite online backup) and the files it names, consistently,
-    while a server may be using it. The FAISS index is left out: it is rebuilt on start."""
-    import shutil
+    from .datadir import backup
 
-    from index.catalog import Catalog
-    from index.files import FileStore
-    from index.store import CATALOG_NAME, FILES_DIR
-
-    from .settings import Settings
-
-    src = Path(args.data) if args.data else Settings().data_dir
-    dest = Path(args.dest)
-    if not (src / CATALOG_NAME).is_file():
-        raise SystemExit(f"{src} holds no {CATALOG_NAME}: not a data dir")
-    if dest.exists() and any(dest.iterdir()):
-        raise SystemExit(f"{dest} exists and is not empty")
-    (dest / FILES_DIR).mkdir(parents=True, exist_ok=True)
-    live = Catalog(src / CATALOG_NAME)
-    try:
-        live.backup(dest / CATALOG_NAME)
-    finally:
-        live.close()
-    copy = Catalog(dest / CATALOG_NAME)
-    try:
-        src_files, dest_files = FileStore(src / FILES_DIR), FileStore(dest / FILES_DIR)
-        gone = set()
-        names = sorted(copy.all_files())
-        for name in names:
-            target = dest_files.path(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copy2(src_files.path(name), target)
-            except FileNotFoundError:  # deleted from the live dir after the catalog copy
-                gone.add(name)
-        # Drop the rows whose files were deleted meanwhile: the copy never names a missing file.
-        dropped = [it.id for it in copy.list(0, max(copy.count(), 1))[0] if it.file in gone]
-        for item_id in dropped:
-            copy.delete(item_id)
-        check, count = copy.integrity_check(), copy.count()
-    finally:
-        copy.close()
-    os.sync()
-    print(json.dumps({"dest": str(dest), "items": count, "files": len(names) - len(gone),
-                      "dropped_deleted_meanwhile": len(dropped), "integrity": check}))
-    return 0 if check == "ok" else 1
+    summary = backup(args.dest, data_dir=args.data)
+    print(json.dumps(summary))
+    return 0 if summary["integrity"] == "ok" else 1
 
 
 def _reembed(args: argparse.Namespace) -> int:
-    """Re-encode every image of an old data dir (or a backup of one) into a new data dir with
-    the configured model, keeping captions, tags and original names (ids are new)."""
-    from index.catalog import Catalog
-    from index.files import FileStore
-    from index.store import CATALOG_NAME, FILES_DIR
-    from models import decode_image
+    from .datadir import reembed
 
-    from .main import build_service
-    from .settings import Settings
-
-    source = Path(args.source)
-    settings = Settings(data_dir=args.data) if args.data else Settings()
-    if settings.data_dir.resolve() == source.resolve():
-        raise SystemExit("re-embed into a new data dir, not the source")
-    service = build_service(settings.model_copy(update={"demo": False}))
-    old, files = Catalog(source / CATALOG_NAME), FileStore(source / FILES_DIR)
-    added = 0
-    try:
-        newest_first, total = old.list(0, max(old.count(), 1))
-        oldest_first = newest_first[::-1]
-        for start in range(0, total, args.batch):
-            records = []
-            for it in oldest_first[start : start + args.batch]:
-                data = files.path(it.file).read_bytes()
-                records.append((data, decode_image(data, settings.max_pixels),
-                                it.original_name, it.caption, it.tags))
-            added += sum(not dup for _, dup in service.store_decoded(records))
-    finally:
-        old.close()
-        service.store.close()
-    print(json.dumps({"source_items": total, "added": added, "model": service.model.name,
-                      "dim": service.model.embed_dim}))
+    print(json.dumps(reembed(args.source, data_dir=args.data, batch=args.batch)))
     return 0
 
 

@@ -63,7 +63,7 @@ def ingest_command(folder: Path, data: Path) -> tuple[float, str]:
 
 def stages(folder: Path, n: int, work: Path) -> dict[str, Any]:
     """Seconds per image of each ingest stage, in this process, on the first ``n`` files."""
-    from app.cli import DRAFT_MARGIN
+    from app.ingest import DRAFT_MARGIN
     from app.main import build_service
     from app.settings import Settings
     from index import Upload
