@@ -64,9 +64,6 @@ class Store:
         self.data_dir = data_dir
         self.dim = dim
         self.model_name = model_name
-        self.factory_setting = factory
-        self.memory_budget_bytes = memory_budget_bytes
-        self.snapshot_every = snapshot_every
         self.thresholds = thresholds
         self._catalog = catalog
         self._files = files
