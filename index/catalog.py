@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from index import catalog_changes, fulltext
 from index import catalog_reads as reads
-from index import fulltext
+from index.catalog_changes import Change
 from index.catalog_schema import SCHEMA, Item, NewItem
 from index.catalog_writes import delete_item, insert_items, record_model
 from index.errors import ItemNotFound, StorageFull, StoreError
 
-__all__ = ["Catalog", "Item", "NewItem"]
+__all__ = ["Catalog", "Change", "Item", "NewItem"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Catalog:
                 raise StoreError(f"could not switch {path} to WAL mode (got {mode})")
             self._writer.executescript(SCHEMA)
             self._ensure_fts()
+            self._ensure_changes()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
 
@@ -153,6 +155,17 @@ class Catalog:
             filled = fulltext.create_and_fill(conn)
             log.info("created the full-text index over %d existing rows", filled)
 
+    def _ensure_changes(self) -> None:
+        """Create the change log on a catalog written before it existed (one ``add`` per
+        stored item), in one transaction, like ``_ensure_fts``."""
+        if catalog_changes.exists(self._writer):
+            return
+        with self._write() as conn:
+            if catalog_changes.exists(conn):
+                return
+            filled = catalog_changes.create_and_fill(conn)
+            log.info("created the change log over %d existing rows", filled)
+
     # -- model -------------------------------------------------------------------------------
 
     def check_model(self, name: str, dim: int) -> None:
@@ -188,7 +201,7 @@ class Catalog:
         Raises ItemNotFound when there is no such row, StorageFull on a full disk.
         """
         with self._write() as conn:
-            return delete_item(conn, item_id)
+            return delete_item(conn, item_id, time.time())
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -327,6 +340,23 @@ class Catalog:
         with self._read() as conn:
             found = reads.token_blobs(conn, wanted)
         return reads.stack_tokens(wanted, found)
+
+    # -- change log --------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The sequence number of the latest insert or delete (0 when nothing was written)."""
+        with self._read() as conn:
+            return catalog_changes.last_seq(conn)
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> builtins.list[Change]:
+        """At most ``limit`` inserts and deletes logged after ``seq``, in ``seq`` order.
+
+        Raises ValueError for a negative ``seq`` or a ``limit`` below 1.
+        """
+        if seq < 0 or limit < 1:
+            raise ValueError("seq must not be negative and limit must be at least 1")
+        with self._read() as conn:
+            return catalog_changes.since(conn, seq, limit)
 
     # -- maintenance -------------------------------------------------------------------------
 

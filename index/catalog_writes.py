@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index import fulltext
+from index import catalog_changes, fulltext
 from index.catalog_schema import ITEM_COLUMNS, Item, NewItem, item_from_row
 from index.errors import DimensionMismatch, ItemNotFound, ModelMismatch
 
@@ -43,8 +43,8 @@ def record_model(conn: sqlite3.Connection, name: str, dim: int) -> None:
 
 
 def insert_items(conn: sqlite3.Connection, news: Sequence[NewItem], created: float) -> list[Item]:
-    """Insert rows, their tags and full-text entries, created at ``created`` (epoch seconds);
-    returns the stored items.
+    """Insert rows, their tags, full-text entries and ``add`` changes, created at ``created``
+    (epoch seconds); returns the stored items.
 
     Raises sqlite3.IntegrityError for a sha256 already stored.
     """
@@ -80,6 +80,7 @@ def insert_items(conn: sqlite3.Connection, news: Sequence[NewItem], created: flo
             [(item_id, tag) for tag in tags],
         )
         fulltext.add_row(conn, item_id, new.caption, tags, new.original_name)
+        catalog_changes.record(conn, [item_id], "add", created)
         items.append(
             Item(
                 id=item_id,
@@ -98,8 +99,9 @@ def insert_items(conn: sqlite3.Connection, news: Sequence[NewItem], created: flo
     return items
 
 
-def delete_item(conn: sqlite3.Connection, item_id: int) -> Item:
-    """Delete a row (its tags go with it) and its full-text entry; returns what it held.
+def delete_item(conn: sqlite3.Connection, item_id: int, at: float) -> Item:
+    """Delete a row (its tags go with it) and its full-text entry, and log the delete at
+    ``at`` (epoch seconds); returns what it held.
 
     Raises ItemNotFound when there is no such row.
     """
@@ -108,4 +110,5 @@ def delete_item(conn: sqlite3.Connection, item_id: int) -> Item:
         raise ItemNotFound(item_id)
     conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
     fulltext.delete_row(conn, item_id)
+    catalog_changes.record(conn, [item_id], "delete", at)
     return item_from_row(row)
