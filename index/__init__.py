@@ -4,8 +4,10 @@ from index.catalog import Item
 from index.choice import Thresholds, choose_factory, needs_rebuild, parse_bytes, search_params
 from index.errors import (
     BadQuery,
+    CatalogUnavailable,
     DataDirLocked,
     DimensionMismatch,
+    DuplicateContent,
     IndexNotReady,
     ItemNotFound,
     ModelMismatch,
@@ -17,8 +19,10 @@ from index.store import Store, Upload
 
 __all__ = [
     "BadQuery",
+    "CatalogUnavailable",
     "DataDirLocked",
     "DimensionMismatch",
+    "DuplicateContent",
     "IndexNotReady",
     "Item",
     "ItemNotFound",

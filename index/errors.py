@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class StoreError(Exception):
     """Base class of every error the index package raises on purpose."""
@@ -65,3 +67,18 @@ class BadQuery(StoreError, ValueError):
 
 class DataDirLocked(StoreError):
     """Another process already serves this data dir."""
+
+
+class CatalogUnavailable(StoreError):
+    """The catalog's database server cannot be reached (connection lost, server restarting,
+    no free connection in time). Retry later (HTTP 503, Retry-After): a write cut off before
+    its commit left nothing; one cut off during its commit may have landed, and its retry then
+    finds the item (a duplicate upload)."""
+
+    retry_after_s = 2
+
+
+class DuplicateContent(StoreError, sqlite3.IntegrityError):
+    """A row with this sha256 is already stored (another writer won the race); nothing of the
+    batch was written. A sqlite3.IntegrityError too, as the SQLite catalog raises for the same
+    case, so callers catch one type whichever backend holds the catalog."""
