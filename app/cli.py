@@ -187,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int,
                    help="input size other than the backbone config's (serve it with the same)")
     s.add_argument("--randomise", type=float,
-                   help="share of training scenes with domain randomisation (default 0)")
+                   help="share of training scenes and triplets drawn with domain randomisation "
+                   "(default 0.5; 0 turns it off)")
     s.add_argument("--paraphrase", type=float,
-                   help="share of stage-1 captions with surface noise (default 0)")
+                   help="share of stage-1 captions with surface noise (default 0.25)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.set_defaults(fn=_train)
 

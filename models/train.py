@@ -131,7 +131,7 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
         heads, fus_losses = train_fusion_pairs(clip, tokenizer, Path(cfg.data), cfg, work)
     else:
         pool = render_pool(cfg.pool, work, size, cfg.randomise)
-        trip = render_triplets(cfg.triplets, work, size)
+        trip = render_triplets(cfg.triplets, work, size, cfg.randomise)
         enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
         heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)
     paths = save_weights(clip, heads, cfg, Path(cfg.out))

@@ -37,7 +37,9 @@ class TrainConfig:
     coords: bool = True  # fusion heads see each patch's (x, y) grid position
     mined: int = 24  # captions per stage-2 step whose top-8 dual-encoder hits are match examples
     image_size: int | None = None  # input size other than the config's (open_clip's override)
-    # opt-in, off in the bundled recipe (models/synthetic/randomise.py):
-    randomise: float = 0.0  # share of pool scenes with randomised colour, resolution, blur, JPEG
-    paraphrase: float = 0.0  # share of stage-1 captions with surface noise (articles, a typo)
+    # domain randomisation (models/synthetic/render_random.py, randomise.py); 0 turns it off:
+    randomise: float = 0.5  # share of pool scenes and triplets drawn with free layout, wider
+    #                         scales, geometry, styles and backgrounds, then photometric noise
+    paraphrase: float = 0.25  # share of stage-1 captions with surface noise (articles, word order,
+    #                           a typo)
     losses: dict[str, list[float]] = field(default_factory=dict)

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from . import synthetic as syn
 from .synthetic.randomise import randomise_image
+from .synthetic.render_random import randomised_example, randomised_layout
 
 
 class ScenePool:
@@ -35,26 +37,54 @@ def _normalise(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
+def _randomised(i: int, randomise: float, salt: int = 0) -> bool:
+    """Whether example ``i`` of a pool is drawn with domain randomisation (its own seed)."""
+    rng = np.random.default_rng([syn.SPLIT_SEEDS["train"], i, 99 + salt])
+    return bool(randomise) and rng.random() < randomise
+
+
+def _rngs(i: int, salt: int) -> tuple[np.random.Generator, np.random.Generator,
+                                        np.random.Generator]:
+    seed = syn.SPLIT_SEEDS["train"]
+    return (np.random.default_rng([seed, i, 98, salt]), np.random.default_rng([seed, i, 97, salt]),
+            np.random.default_rng([seed, i, 96, salt]))
+
+
+def _draw(scene: syn.Scene, i: int, size: int, salt: int = 0) -> tuple[Image.Image, syn.Scene]:
+    """A randomised drawing of ``scene``: new layout and style, then (often) photometric noise."""
+    layout, draw, photo = _rngs(i, salt)
+    image, placed = randomised_example(scene, size, layout, draw)
+    if photo.random() < 0.6:
+        image = randomise_image(image, photo)
+    return image, placed
+
+
+def _pool_scene(i: int, randomise: float) -> syn.Scene:
+    scene = syn.example("train", i, size=8).scene
+    if _randomised(i, randomise):
+        scene = randomised_layout(scene, _rngs(i, 0)[0])[0]
+    return scene
+
+
 def render_pool(n: int, cache: Path, size: int, randomise: float = 0.0) -> ScenePool:
     """Render (or load from cache) ``n`` training examples; a ``randomise`` share of them with
-    domain randomisation (each decided by its own seed, so a pool is the same every time)."""
+    domain randomisation (:mod:`models.synthetic.render_random`: free layout, wider scales, shape
+    geometry, styles, backgrounds; then photometric noise). Each example's choice and drawing
+    follow from its own seed, so a pool is the same every time."""
     path = cache / (f"pool_{n}_{size}.npz" if not randomise
-                    else f"pool_{n}_{size}_randomise{randomise:g}.npz")
-    scenes = []
+                    else f"pool_{n}_{size}_dr{randomise:g}.npz")
     if path.is_file():
         arr = np.load(path)["pixels"]
-        scenes = [syn.example("train", i, size=8).scene for i in range(n)]
-        return ScenePool(_normalise(arr), scenes)
+        return ScenePool(_normalise(arr), [_pool_scene(i, randomise) for i in range(n)])
     arr = np.zeros((n, size, size, 3), np.uint8)
+    scenes = []
     for i in tqdm(range(n), desc="render scenes", unit="img"):
         ex = syn.example("train", i, size=size)
-        image = ex.image
-        if randomise:
-            rng = np.random.default_rng([syn.SPLIT_SEEDS["train"], i, 99])
-            if rng.random() < randomise:
-                image = randomise_image(image, rng)
+        image, scene = ex.image, ex.scene
+        if _randomised(i, randomise):
+            image, scene = _draw(scene, i, size)
         arr[i] = np.asarray(image)
-        scenes.append(ex.scene)
+        scenes.append(scene)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, pixels=arr)
     return ScenePool(_normalise(arr), scenes)
@@ -68,9 +98,12 @@ class TripletPool:
     target_keys: list[Any]
 
 
-def render_triplets(n: int, cache: Path, size: int) -> TripletPool:
-    """Render (or load from cache) ``n`` composed triplets."""
-    path = cache / f"triplets_{n}_{size}.npz"
+def render_triplets(n: int, cache: Path, size: int, randomise: float = 0.0) -> TripletPool:
+    """Render (or load from cache) ``n`` composed triplets; a ``randomise`` share with reference
+    and target each drawn with domain randomisation (independently: only the scene graph is
+    shared, as between two photos of one arrangement)."""
+    path = cache / (f"triplets_{n}_{size}.npz" if not randomise
+                    else f"triplets_{n}_{size}_dr{randomise:g}.npz")
     texts, keys = [], []
     if path.is_file():
         data = np.load(path, allow_pickle=False)
@@ -80,7 +113,10 @@ def render_triplets(n: int, cache: Path, size: int) -> TripletPool:
     ref = np.zeros((n, size, size, 3), np.uint8)
     tgt = np.zeros_like(ref)
     for i in tqdm(range(n), desc="render triplets", unit="trip"):
-        r_img, text, t_img, _r, t_scene, _kind = syn.triplet("train", i, size=size)
+        r_img, text, t_img, r_scene, t_scene, _kind = syn.triplet("train", i, size=size)
+        if _randomised(i, randomise, salt=1):
+            r_img = _draw(r_scene, i, size, salt=1)[0]
+            t_img = _draw(t_scene, i, size, salt=2)[0]
         ref[i], tgt[i] = np.asarray(r_img), np.asarray(t_img)
         texts.append(text)
         keys.append(repr(t_scene.key()))

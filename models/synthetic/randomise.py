@@ -1,6 +1,7 @@
 """Opt-in training augmentations: domain randomisation of rendered images, noisy captions.
 
-Off in the bundled recipe (``TrainConfig.randomise = paraphrase = 0``). Written for the training
+On in the bundled recipe (``TrainConfig.randomise``, ``paraphrase``), after the geometric
+randomisation of :mod:`.render_random`. Written for the training
 side only: it uses nothing of the OOD renderer or of its held-out phrasings, so the OOD
 evaluation stays a test of generalisation (its geometry, sentence forms and synonyms are never
 seen). What it does share with the OOD set is generic corruption that any photo or typed query
@@ -14,6 +15,11 @@ import io
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
+
+from .world import COLORS
+
+_SIZE_WORDS = frozenset({"small", "little", "tiny", "large", "big"})
+_COLOR_WORDS = frozenset(COLORS)
 
 
 def randomise_image(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -44,10 +50,16 @@ def randomise_image(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def noisy_caption(text: str, rng: np.random.Generator) -> str:
-    """The same caption with surface noise: articles dropped, an upper-case first letter and a
-    full stop, or two neighbouring letters of one long word swapped. Words are never replaced,
-    so the claim is unchanged."""
+    """The same caption with surface noise: size and colour words in the other order, "is" and
+    "there" or articles dropped, an upper-case first letter and a full stop, or two neighbouring
+    letters of one long word swapped. Words are never replaced, so the claim is unchanged."""
     words = text.split(" ")
+    if rng.random() < 0.3:  # "small red circle" -> "red small circle"
+        for i in range(len(words) - 1):
+            if words[i] in _SIZE_WORDS and words[i + 1] in _COLOR_WORDS:
+                words[i], words[i + 1] = words[i + 1], words[i]
+    if rng.random() < 0.2:
+        words = [w for w in words if w not in ("is", "there")] or words
     if rng.random() < 0.4:
         words = [w for w in words if w not in ("a", "an")] or words
     if rng.random() < 0.3:
