@@ -17,6 +17,8 @@ import open_clip
 import torch
 from safetensors.torch import load_file
 
+from .answer_heads import AskHeads, CaptionDecoder
+from .ask import bundled_answer_heads, load_ask, load_describe
 from .device import resolve_device
 from .errors import ModelLoadError
 from .fusion import FusionConfig, FusionHeads
@@ -87,6 +89,16 @@ def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
     return heads.float()
 
 
+def _answer_heads(name: str, pretrained: str | None, backbone: Path, ask: str | None,
+                  describe: str | None) -> tuple[AskHeads | None, CaptionDecoder | None]:
+    """The ask and describe heads to serve: the files given, else the bundled ones when the
+    bundled backbone is in use."""
+    bundled = (bundled_answer_heads(WEIGHTS_DIR, name, backbone) if pretrained == str(backbone)
+               else (None, None))
+    return (load_ask(Path(ask)) if ask else bundled[0],
+            load_describe(Path(describe)) if describe else bundled[1])
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     pretrained: str | None = None,
@@ -96,6 +108,10 @@ def load_model(
     device: str = "cpu",
     batch_size: int = 64,
     image_size: int | None = None,
+    runtime: str = "torch",
+    cache_dir: Path | None = None,
+    ask: str | None = None,
+    describe: str | None = None,
 ) -> RetrievalModel:
     """Load an open_clip model by name with optional weights and fusion heads.
 
@@ -105,11 +121,20 @@ def load_model(
     image towers both work (``models.towers``).  ``image_size`` overrides the config's input
     size (open_clip's ``force_image_size``; weights must have been trained at that size).
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``models.device``); outputs are
-    numpy arrays on the CPU whatever the device.
+    numpy arrays on the CPU whatever the device. ``runtime`` is ``torch``, ``onnxruntime``,
+    ``openvino`` or ``auto`` (``models.runtime_probe``); a runtime other than torch runs graphs
+    exported from the fp32 weights and cached under ``cache_dir`` (default
+    ``models.export.default_cache_dir()``), and ``info()`` says which runtime runs and why.
 
     Raises:
         ModelLoadError: unknown model name, unreadable weights, or a tag that needs a download.
         DeviceError: (a ModelLoadError) a malformed device or a GPU this machine lacks.
+        ModelLoadError: also for a runtime that is not installed or cannot run this model
+            (``auto`` falls back to torch instead, and says why).
+
+    ``ask`` and ``describe`` are question-answering and caption-decoder safetensors files
+    (``models.ask``); without them the bundled ones are used with the bundled backbone they
+    were trained on.
     """
     device = resolve_device(device)
     register_configs()
@@ -140,7 +165,28 @@ def load_model(
         text_dtype = quicker_text_dtype(clip, dtype)
         if text_dtype != dtype:
             why += "; the text tower stays fp32, faster for one short query at this width"
-    return RetrievalModel(
-        name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dtype,
-        text_dtype=text_dtype, device=device, batch_size=batch_size, precision_reason=why,
-    )
+    answer_heads = _answer_heads(name, pretrained, backbone, ask, describe)
+
+    def build(dt: torch.dtype, text_dt: torch.dtype) -> RetrievalModel:
+        model = RetrievalModel(
+            name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dt,
+            text_dtype=text_dt, device=device, batch_size=batch_size, precision_reason=why,
+        )
+        model.attach_answer_heads(*answer_heads)
+        return model
+
+    if runtime == "torch":
+        model = build(dtype, text_dtype)
+        model.use_engine(None, "torch as set")
+        return model
+    from .runtime_probe import select_runtime
+
+    # the graphs are exported from the fp32 weights; torch is cast afterwards if it serves
+    model = build(torch.float32, torch.float32)
+    engine, reason = select_runtime(model, runtime, dtype, text_dtype, cache_dir)
+    if engine is None and (dtype, text_dtype) != (torch.float32, torch.float32):
+        model = build(dtype, text_dtype)
+    if engine is not None and engine.precision != ("bf16" if dtype == torch.bfloat16 else "fp32"):
+        model.precision_reason += f"; {engine.name} runs {engine.precision}"
+    model.use_engine(engine, reason)
+    return model

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
 from .fusion import Batch, FusionHeads
+from .runtimes import Engine, as_tensors, texts_feed
 from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
 from .towers import visual_forward
 
@@ -36,7 +38,7 @@ def _text_tower(clip: Any) -> torch.nn.ModuleList:
     return holder
 
 
-class RetrievalModel:
+class RetrievalModel(AnswerHeadsMixin):
     """A loaded dual encoder with its preprocessing, tokenizer and (optional) fusion heads."""
 
     def __init__(
@@ -90,6 +92,13 @@ class RetrievalModel:
         self.text_width = int(clip.token_embedding.weight.shape[1]) if self._plain_text else 0
         self.context_length = int(getattr(clip, "context_length", 77))
         self._lean_text = self._plain_text and lean_blocks_apply(clip.transformer)
+        self.engine: Engine | None = None
+        self.runtime_reason = "torch"
+
+    def use_engine(self, engine: Engine | None, reason: str) -> None:
+        """Run the encoders and the match head on ``engine`` (None: torch), and say why."""
+        self.engine = engine
+        self.runtime_reason = reason
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -116,7 +125,13 @@ class RetrievalModel:
 
     @property
     def precision(self) -> str:
+        if self.engine is not None:
+            return self.engine.precision
         return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    @property
+    def runtime(self) -> str:
+        return self.engine.name if self.engine is not None else "torch"
 
     def info(self) -> dict[str, Any]:
         return {
@@ -128,9 +143,12 @@ class RetrievalModel:
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "device": str(self.device),
+            "runtime": self.runtime,
+            "runtime_reason": self.runtime_reason,
             "image_size": list(self.image_size),
             "image_tokens": [self.num_image_tokens, self.image_token_width],
             "context_length": self.context_length,
+            **self.answer_info(),
         }
 
     # ---- preprocessing ------------------------------------------------------------------------
@@ -157,6 +175,9 @@ class RetrievalModel:
 
     # ---- encoders (torch) ---------------------------------------------------------------------
     def _images_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.engine is not None:
+            emb, tok = as_tensors(*self.engine.images(pixels.numpy()))
+            return emb, tok
         pooled, tokens = visual_forward(self.clip.visual, pixels.to(self.device, self._enc_dtype),
                                         self.token_layer)
         return F.normalize(pooled.float(), dim=-1), tokens
@@ -168,6 +189,10 @@ class RetrievalModel:
             empty = torch.zeros(ids.shape[0], 1, 1, device=self.device)
             return TextBatch(empty, empty[..., 0].bool(), empty[:, 0, 0].long(), F.normalize(
                 emb.float(), dim=-1))
+        if self.engine is not None:
+            trimmed, eot_np, pad_np = texts_feed(ids.cpu())
+            tok, emb, eot_t, pad_t = as_tensors(*self.engine.texts(trimmed), eot_np, pad_np)
+            return TextBatch(tok, pad_t, eot_t, emb)
         c = self.clip
         eot = ids.argmax(dim=-1)
         # The text tower is causal and read at the end-of-text token: padding after the longest
@@ -264,7 +289,21 @@ class RetrievalModel:
             return ((embeddings * t).sum(-1) + 1.0) / 2.0
         emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
         b = self._fusion_batch(tokens, emb, texts)
-        return self.calibrated(self.fusion.score(FUSION_KIND, b)).cpu().numpy()
+        return self.calibrated(self.match_logits(b)).cpu().numpy()
+
+    @torch.inference_mode()
+    def match_logits(self, b: Batch) -> torch.Tensor:
+        """The attention head's raw match logits (N,) for a fusion batch, on the engine when
+        one runs the model. Raises FusionUnavailable without fusion weights."""
+        if self.fusion is None:
+            raise FusionUnavailable("this model has no fusion head")
+        if self.engine is None or not self.engine.has_match:
+            return self.fusion.score(FUSION_KIND, b)
+        feeds = {"image_tokens": b.image_tokens, "image_emb": b.image_emb,
+                 "text_tokens": b.text_tokens, "text_mask": b.text_mask,
+                 "text_eot": b.text_eot, "text_emb": b.text_emb}
+        arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
+        return torch.from_numpy(self.engine.match(arrays))
 
     @torch.inference_mode()
     def compose_from(

@@ -1,0 +1,234 @@
+"""Which runtime serves the model: the setting, or for ``auto`` a probe recorded per CPU.
+
+``auto`` exports the graphs (``models.export``), then times torch at the precision it would
+serve against every installed runtime on the same synthetic training scenes: a batch of images,
+one short text query, and one query's match against a re-rank's worth of images. A runtime is
+kept when it is at least :data:`MIN_SPEEDUP` times faster (geometric mean of the three, none of
+them slower) and its image and text embeddings keep a cosine of at least :data:`MIN_COSINE` to
+fp32 torch; the fastest such runtime wins, torch otherwise.
+
+The probe runs once per (weights, CPU model and flags, thread count, library versions): its
+verdict is written beside the exported graphs and read back on the next start, so a server
+starts in the time it took before and the choice is the one a benchmark on that machine can
+reproduce. It is measured in-process rather than read from a shipped table because the same
+"kind" of machine differs (the issue's two Xeons): only this CPU's own timing says.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ModelLoadError
+from .export import ExportError, cached_graphs
+from .precision import cpu_info
+from .retrieval import FUSION_KIND, RetrievalModel
+from .runtimes import (
+    ENGINES,
+    MIN_COSINE,
+    MIN_SPEEDUP,
+    RUNTIMES,
+    Engine,
+    build_engine,
+    engine_precision,
+    missing,
+)
+
+log = logging.getLogger(__name__)
+
+PROBE_IMAGES = 8
+PROBE_DEPTH = 20  # the service's default re-rank depth
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def select_runtime(model: RetrievalModel, runtime: str, dtype: torch.dtype,
+                   text_dtype: torch.dtype, cache_dir: Path | None = None
+                   ) -> tuple[Engine | None, str]:
+    """The engine to run ``model`` (loaded in fp32) on, or None for torch, and why.
+
+    ``dtype``/``text_dtype`` are the precisions torch would serve in (``models.precision``).
+
+    Raises:
+        ModelLoadError: an explicit runtime that is not installed, runs only on the CPU while
+            the model is on a GPU, or whose graphs cannot be exported or loaded.
+    """
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return None, "torch as set"
+    on_gpu = model.device.type != "cpu"
+    if runtime != "auto":
+        why = missing(runtime)
+        if why:
+            raise ModelLoadError(f"FUSION_RUNTIME={runtime}: {why}")
+        if on_gpu:
+            raise ModelLoadError(f"FUSION_RUNTIME={runtime} runs on the CPU; the model is on "
+                                 f"{model.device} (set FUSION_DEVICE=cpu)")
+        precision, why = engine_precision(runtime, dtype)
+        engine = build_engine(runtime, _graphs(model, cache_dir)[0], precision)
+        return engine, f"{runtime} as set, {why}"
+    if on_gpu:
+        return None, f"auto: torch, the model runs on {model.device} and the runtimes on the CPU"
+    present = [r for r in ENGINES if not missing(r)]
+    if not present:
+        return None, (f"auto: torch, neither {' nor '.join(ENGINES)} is installed "
+                      "(pip install 'fusion-search[runtimes]')")
+    try:
+        graphs, key = _graphs(model, cache_dir)
+    except ModelLoadError as exc:
+        return None, f"auto: torch, the model could not be exported ({exc})"
+    return _auto(model, graphs, present, dtype, text_dtype, key)
+
+
+def _graphs(model: RetrievalModel, cache_dir: Path | None) -> tuple[dict[str, Path], str]:
+    try:
+        return cached_graphs(model.clip, model.fusion, FUSION_KIND, model.name, model.image_size,
+                             model.token_layer, cache_dir)
+    except ExportError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def probe_key(runtimes: list[str], dtype: torch.dtype, text_dtype: torch.dtype) -> str:
+    """What a recorded verdict depends on besides the weights (which name its folder)."""
+    import importlib.metadata as md
+
+    cpu = cpu_info()
+    versions = []
+    for r in runtimes:
+        try:
+            versions.append(f"{r}={md.version(r)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{r}=?")
+    return "|".join([cpu.model, ",".join(cpu.flags), f"threads={torch.get_num_threads()}",
+                     f"torch={torch.__version__}", *versions, _dtype_name(dtype),
+                     _dtype_name(text_dtype)])
+
+
+def _auto(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
+          dtype: torch.dtype, text_dtype: torch.dtype, weights: str
+          ) -> tuple[Engine | None, str]:
+    record = graphs["image"].parent / "auto.json"
+    key = probe_key(present, dtype, text_dtype)
+    try:
+        verdicts = json.loads(record.read_text())
+    except (OSError, ValueError):
+        verdicts = {}
+    verdict = verdicts.get(key)
+    if verdict is None:
+        verdict = probe(model, graphs, present, dtype, text_dtype)
+        verdict["weights"] = weights
+        verdicts[key] = verdict
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(verdicts, indent=2) + "\n")
+        tmp.replace(record)
+        reason = f"auto: {verdict['reason']} (probed at this first load, recorded in {record})"
+    else:
+        reason = f"auto: {verdict['reason']} (recorded in {record} for this CPU)"
+    if verdict["runtime"] == "torch":
+        return None, reason
+    return build_engine(verdict["runtime"], graphs, verdict["precision"]), reason
+
+
+def _best_seconds(fn: Callable[[], object], reps: int) -> float:
+    fn()  # the first call sets up kernels and buffers
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _min_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() * b.float()).sum(-1).min())
+
+
+def probe(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
+          dtype: torch.dtype, text_dtype: torch.dtype, reps: int = 5) -> dict[str, Any]:
+    """Time torch (at ``dtype``/``text_dtype``) against each runtime in ``present`` and pick.
+
+    Returns ``{"runtime", "precision", "reason", "candidates": {...}}``.
+    """
+    from . import synthetic as syn
+
+    examples = syn.examples("train", PROBE_IMAGES)
+    pixels = model.preprocess([e.image for e in examples])
+    ids = model.tokenize([examples[0].caption])
+    with torch.inference_mode():
+        ref_emb, ref_tok = model._images_forward(pixels)
+        ref_text = model._texts_forward(ids).emb
+    served = model
+    if dtype != torch.float32 or text_dtype != torch.float32:
+        served = RetrievalModel(model.name, copy.deepcopy(model.clip), model.tokenizer,
+                                trained=model.trained, fusion=model.fusion, dtype=dtype,
+                                text_dtype=text_dtype)
+    reps_t = max(1, PROBE_DEPTH // PROBE_IMAGES + 1)
+    tokens = ref_tok.float().repeat(reps_t, 1, 1)[:PROBE_DEPTH].numpy().astype(np.float16)
+    embs = ref_emb.repeat(reps_t, 1)[:PROBE_DEPTH].numpy()
+    caption = [examples[0].caption]
+
+    def timings(m: RetrievalModel) -> dict[str, float]:
+        with torch.inference_mode():
+            t = {"images": _best_seconds(lambda: m._images_forward(pixels), reps),
+                 "text": _best_seconds(lambda: m._texts_forward(m.tokenize(caption)), reps * 2)}
+            if m.fusion is not None:
+                t["match"] = _best_seconds(lambda: m.match(tokens, caption, embs), reps)
+        return t
+
+    base = timings(served)
+    torch_name = (f"torch {_dtype_name(dtype)}" if dtype == text_dtype else
+                  f"torch {_dtype_name(dtype)} (text {_dtype_name(text_dtype)})")
+    candidates: dict[str, Any] = {}
+    for runtime in present:
+        precision = engine_precision(runtime, dtype)[0]
+        try:
+            engine = build_engine(runtime, graphs, precision)
+        except ModelLoadError as exc:
+            candidates[f"{runtime} {precision}"] = {"ok": False, "why": str(exc)}
+            continue
+        model.use_engine(engine, "probe")
+        try:
+            with torch.inference_mode():
+                emb, _ = model._images_forward(pixels)
+                text = model._texts_forward(ids).emb
+            t = timings(model)
+        finally:
+            model.use_engine(None, "torch")
+        ratios = {k: base[k] / t[k] for k in base}
+        speedup = math.prod(ratios.values()) ** (1 / len(ratios))
+        cos = min(_min_cos(emb, ref_emb), _min_cos(text, ref_text))
+        ok = cos >= MIN_COSINE and speedup >= MIN_SPEEDUP and min(ratios.values()) >= 1.0
+        candidates[f"{runtime} {precision}"] = {
+            "runtime": runtime, "precision": precision, "ok": ok, "speedup": round(speedup, 2),
+            "ratios": {k: round(v, 2) for k, v in ratios.items()}, "cosine": round(cos, 5)}
+    winners = [c for c in candidates.values() if c["ok"]]
+    summary = "; ".join(_describe(name, c) for name, c in candidates.items())
+    if not winners:
+        return {"runtime": "torch", "precision": _dtype_name(dtype), "candidates": candidates,
+                "reason": f"torch, no runtime won by {MIN_SPEEDUP}x with cosine >= {MIN_COSINE} "
+                          f"against {torch_name}: {summary}"}
+    best = max(winners, key=lambda c: c["speedup"])
+    return {"runtime": best["runtime"], "precision": best["precision"],
+            "candidates": candidates,
+            "reason": f"{best['runtime']} {best['precision']}, {best['speedup']}x {torch_name} "
+                      f"with cosine {best['cosine']} to fp32 torch; {summary}"}
+
+
+def _describe(name: str, c: dict[str, Any]) -> str:
+    if "speedup" not in c:
+        return f"{name}: {c['why']}"
+    parts = ", ".join(f"{k} {v}x" for k, v in c["ratios"].items())
+    return f"{name} {c['speedup']}x ({parts}), cosine {c['cosine']}"
+
