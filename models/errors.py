@@ -36,3 +36,20 @@ class ImageTooLarge(BadImage):
 
 class FusionUnavailable(ModelError):
     """The loaded model has no attention-fusion weights for this operation."""
+
+
+TRAIN_ANSWER_HEADS = "fusion-search train --only ask,describe"
+
+
+class HeadNotAvailable(ModelError):
+    """The loaded model has no question-answering (``ask``) or captioning (``describe``) head.
+
+    Its message names the missing head and the command that trains it.
+    """
+
+    def __init__(self, head: str) -> None:
+        what = {"ask": "question-answering", "describe": "captioning"}.get(head, head)
+        super().__init__(
+            f"this model has no {what} head ({head}); train one on its backbone with "
+            f"`{TRAIN_ANSWER_HEADS}` (add --backbone/--pretrained for another backbone)")
+        self.head = head
