@@ -69,8 +69,7 @@ class Catalog:
             if str(mode).lower() != "wal":
                 raise StoreError(f"could not switch {path} to WAL mode (got {mode})")
             self._writer.executescript(SCHEMA)
-            self._ensure_fts()
-            self._ensure_changes()
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the catalog {path}: {exc}") from exc
 
@@ -143,28 +142,17 @@ class Catalog:
                 self._generation += 1
                 self._tag_ids.clear()
 
-    def _ensure_fts(self) -> None:
-        """Create the full-text table on a catalog written before it existed, filled from the
-        rows already there, in one transaction (a crash leaves the old schema, retried next
-        open)."""
-        if fulltext.exists(self._writer):  # the usual case: no write lock for a look
-            return
-        with self._write() as conn:
-            if fulltext.exists(conn):  # created by another process meanwhile
-                return
-            filled = fulltext.create_and_fill(conn)
-            log.info("created the full-text index over %d existing rows", filled)
-
-    def _ensure_changes(self) -> None:
-        """Create the change log on a catalog written before it existed (one ``add`` per
-        stored item), in one transaction, like ``_ensure_fts``."""
-        if catalog_changes.exists(self._writer):
-            return
-        with self._write() as conn:
-            if catalog_changes.exists(conn):
-                return
-            filled = catalog_changes.create_and_fill(conn)
-            log.info("created the change log over %d existing rows", filled)
+    def _migrate(self) -> None:
+        """Add what a catalog written by an older version lacks (the full-text index, then the
+        change log), each created and filled from the rows already there in one transaction (a
+        crash leaves the old schema, retried next open)."""
+        for part in (fulltext, catalog_changes):
+            if part.exists(self._writer):  # the usual case: no write lock for a look
+                continue
+            with self._write() as conn:
+                if not part.exists(conn):  # created by another process meanwhile
+                    filled = part.create_and_fill(conn)
+                    log.info("created %s over %d existing rows", part.TABLE, filled)
 
     # -- model -------------------------------------------------------------------------------
 
@@ -356,7 +344,12 @@ class Catalog:
         if seq < 0 or limit < 1:
             raise ValueError("seq must not be negative and limit must be at least 1")
         with self._read() as conn:
-            return catalog_changes.since(conn, seq, limit)
+            changes = catalog_changes.since(conn, seq, limit)
+        if changes:  # maybe another process's writes: cached tag ids may be stale
+            with self._write_lock:
+                self._generation += 1
+                self._tag_ids.clear()
+        return changes
 
     # -- maintenance -------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ Layout of a data dir::
 An upload is acknowledged once its SQLite transaction commits (``synchronous=FULL``); the file
 was made durable before that, and the FAISS copy catches up from the catalog on the next start
 if the process dies in between.
+
+Opened ``shared=True``, several processes serve one data dir: each commits its own writes (taking
+turns, see ``index.store_sharing``) and follows the others' through the catalog's change log.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import numpy.typing as npt
 
 from index.catalog import Catalog, Item
 from index.choice import DEFAULT_THRESHOLDS, Thresholds, parse_bytes
-from index.dirlock import DirLock
 from index.errors import IndexNotReady, ItemNotFound, StoreError
 from index.files import FileStore
 from index.store_search import vector_search
+from index.store_sharing import DataDirAccess
 from index.store_startup import clean_files
 from index.store_writes import add_batch, delete_item
 from index.uploads import Upload, clean_tags, new_row
@@ -41,6 +44,7 @@ CATALOG_NAME = "catalog.sqlite3"
 FILES_DIR = "files"
 INDEX_DIR = "index"
 SNAPSHOT_NAME = "vectors.faiss"
+FOLLOW_INTERVAL_S = 0.2
 
 
 class Store:
@@ -50,35 +54,21 @@ class Store:
     def __init__(
         self,
         data_dir: Path,
-        dim: int,
-        model_name: str,
-        factory: str,
-        memory_budget_bytes: int,
-        snapshot_every: int,
-        thresholds: Thresholds,
         catalog: Catalog,
         files: FileStore,
-        lock: DirLock,
+        access: DataDirAccess,
+        copy: VectorCopy,
     ) -> None:
         """Use ``Store.open``; this only assembles already opened parts."""
         self.data_dir = data_dir
-        self.dim = dim
-        self.model_name = model_name
-        self.thresholds = thresholds
+        self.dim = copy.dim
+        self.model_name = copy.model_name
+        self.thresholds = copy.thresholds
         self._catalog = catalog
         self._files = files
-        self._lock = lock
+        self._access = access
         self._write_lock = threading.RLock()
-        self._copy = VectorCopy(
-            catalog,
-            data_dir / INDEX_DIR / SNAPSHOT_NAME,
-            dim,
-            model_name,
-            factory,
-            memory_budget_bytes,
-            snapshot_every,
-            thresholds,
-        )
+        self._copy = copy
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------------
@@ -93,49 +83,52 @@ class Store:
         memory_budget: str | int = "2GB",
         snapshot_every: int = 1000,
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
+        shared: bool = False,
+        follow_interval: float = FOLLOW_INTERVAL_S,
     ) -> Store:
         """Open (creating if needed) the data dir and bring the vector index up to date.
 
         Removes files no row references and temp files of interrupted writes, loads the FAISS
-        snapshot and replays the rows it lacks, or rebuilds it from the catalog when it is
+        snapshot and replays the changes it lacks, or rebuilds it from the catalog when it is
         missing or unusable, or when the collection has outgrown its index type.
 
-        Raises ValueError for a bad factory, budget or snapshot_every; DimensionMismatch or
-        ModelMismatch when the data dir holds another model's embeddings; DataDirLocked when
-        another process serves the data dir; StoreError when the catalog cannot be opened.
+        ``shared``: other processes may open the data dir shared too; each one's writes reach
+        this store's searches within ``follow_interval`` seconds (its own at once). Cleanup at
+        start runs only when no other process holds the data dir. Not shared, the store holds
+        the data dir alone.
+
+        Raises ValueError for a bad factory, budget, snapshot_every or follow_interval;
+        DimensionMismatch or ModelMismatch when the data dir holds another model's embeddings;
+        DataDirLocked when another process holds the data dir in a way this one cannot join;
+        StoreError when the catalog cannot be opened.
         """
-        if dim < 1 or snapshot_every < 1:
-            raise ValueError("dim and snapshot_every must be positive")
+        if dim < 1 or snapshot_every < 1 or follow_interval <= 0:
+            raise ValueError("dim, snapshot_every and follow_interval must be positive")
         budget = parse_bytes(memory_budget)
         if factory != "auto":
             VectorIndex.create(dim, factory)  # fail fast on a factory FAISS cannot build
         data_dir = Path(data_dir)
         for folder in (data_dir, data_dir / FILES_DIR, data_dir / INDEX_DIR):
             folder.mkdir(parents=True, exist_ok=True)
-        lock = DirLock(data_dir)
+        access = DataDirAccess(data_dir, data_dir / INDEX_DIR, shared)
         catalog: Catalog | None = None
         try:
             catalog = Catalog(data_dir / CATALOG_NAME)
             catalog.check_model(model_name, dim)
-            store = cls(
-                data_dir,
-                dim,
-                model_name,
-                factory,
-                budget,
-                snapshot_every,
-                thresholds,
-                catalog,
-                FileStore(data_dir / FILES_DIR),
-                lock,
-            )
-            clean_files(store._files, catalog, data_dir / INDEX_DIR)
+            snapshot = data_dir / INDEX_DIR / SNAPSHOT_NAME
+            copy = VectorCopy(catalog, snapshot, dim, model_name, factory, budget,
+                              snapshot_every, thresholds, access.snapshot_lock)
+            store = cls(data_dir, catalog, FileStore(data_dir / FILES_DIR), access, copy)
+            if access.alone:  # nobody can be between writing a file and committing its row
+                clean_files(store._files, catalog, data_dir / INDEX_DIR)
+            access.cleaned_up()
             with store._write_lock:
                 store._copy.load()
+            access.follow(store.catch_up, follow_interval)
         except BaseException:
+            access.close()
             if catalog is not None:
                 catalog.close()
-            lock.release()
             raise
         return store
 
@@ -190,7 +183,7 @@ class Store:
         """
         self._check_open()
         rows = [new_row(u, self.dim) for u in uploads]
-        with self._write_lock:
+        with self._write_lock, self._access.writing():
             self._check_open()
             return add_batch(self._catalog, self._files, self._copy, uploads, rows)
 
@@ -201,10 +194,25 @@ class Store:
         when the store is closed.
         """
         self._check_open()
-        with self._write_lock:
+        with self._write_lock, self._access.writing():
             self._check_open()
             item = delete_item(self._catalog, self._files, self._copy, item_id)
         return item
+
+    def catch_up(self) -> int:
+        """Apply the writes other processes logged since the last call to the vector index;
+        returns how many log entries were read (the follower thread calls this).
+
+        Raises IndexNotReady when the store is closed.
+        """
+        with self._write_lock:
+            self._check_open()
+            return self._copy.catch_up()
+
+    @property
+    def seq(self) -> int:
+        """The catalog change-log seq the vector index holds every change up to."""
+        return self._copy.seq
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -371,6 +379,7 @@ class Store:
 
     def close(self) -> None:
         """Snapshot the vectors if anything changed, then close. Idempotent."""
+        self._access.stop_following()  # outside the write lock, which a step takes
         with self._write_lock:
             if self._closed:
                 return
@@ -380,7 +389,7 @@ class Store:
                     self._copy.snapshot_quietly()
             finally:
                 self._catalog.close()
-                self._lock.release()
+                self._access.close()
 
     def _check_open(self) -> None:
         if self._closed:

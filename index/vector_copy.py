@@ -1,21 +1,32 @@
-"""``VectorCopy``: the FAISS copy of the catalog's embeddings over its life: loaded from its
-snapshot (replaying what it lacks) or built from the catalog, rebuilt when the collection
+"""``VectorCopy``: the FAISS copy of the catalog's embeddings over its life, a materialised view
+of the catalog's change log: loaded from its snapshot (which records the log ``seq`` it holds)
+and brought up to date by replaying the log, or built from the catalog; kept up to date by
+applying new log entries (``catch_up``, other processes' writes); rebuilt when the collection
 outgrows its index type, and snapshotted every ``snapshot_every`` changes.
 
-It takes no lock: the store calls it under its write lock; searches only read ``vectors``.
+Invariant: every change up to ``seq`` is reflected. This process's own writes are applied at
+once (``added``/``remove``) and may run ahead of ``seq``; applying a change is idempotent (an
+``add`` of an id already held, or of a row deleted since, does nothing), so a change seen twice
+is harmless.
+
+It takes no lock of the store's: the store calls it under its write lock; searches only read
+``vectors``. Snapshots are written under ``snapshot_lock`` when several processes share the data
+dir, so one process writes the file at a time (another one's turn is skipped, not waited for).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from index.catalog import Catalog
+from index.catalog import Catalog, Change
 from index.choice import Thresholds, choose_factory, min_training_points, needs_rebuild
 from index.errors import IndexNotReady, StoreError
+from index.locks import FileLock
 from index.store_startup import reconcile
 from index.vectors import VectorIndex
 
@@ -25,6 +36,7 @@ __all__ = ["VectorCopy"]
 log = logging.getLogger("index.store")
 
 _TRAIN_SAMPLE_MAX = 100_000
+_CATCH_UP_BATCH = 10_000
 
 
 class VectorCopy:
@@ -40,8 +52,10 @@ class VectorCopy:
         memory_budget_bytes: int,
         snapshot_every: int,
         thresholds: Thresholds,
+        snapshot_lock: FileLock | None = None,
     ) -> None:
         self._catalog = catalog
+        self._snapshot_lock = snapshot_lock
         self._snapshot_path = snapshot_path
         self.dim = dim
         self.model_name = model_name
@@ -52,6 +66,7 @@ class VectorCopy:
         # None while unavailable: searches answer IndexNotReady
         self.vectors: VectorIndex | None = None
         self.snapshot_max_id: int | None = None
+        self.seq = 0  # every change-log entry up to here is reflected in ``vectors``
         self.changes = 0  # since the last snapshot
         self._retry_rebuild_at = 0
 
@@ -63,12 +78,67 @@ class VectorCopy:
         loaded = VectorIndex.load(self._snapshot_path, self.dim, self.model_name)
         if loaded is not None:
             self.snapshot_max_id = loaded.max_id
-            self.changes = reconcile(loaded, self._catalog)
+            self.changes = self._bring_up_to_date(loaded)
             if not self._wants_rebuild(loaded):
                 self.vectors = loaded
                 return
             log.info("snapshot index %s no longer fits the collection", loaded.factory)
         self.rebuild(None)
+
+    def _bring_up_to_date(self, vectors: VectorIndex) -> int:
+        """Replay the log since the snapshot's seq; fall back to comparing every id with the
+        catalog when the snapshot has no seq (written before the log), is ahead of the catalog
+        (a catalog restored from an older backup), or still disagrees with it afterwards (ids
+        removed from an HNSW/IVF index are stored in its snapshot). Returns how many changed."""
+        changed = 0
+        if vectors.seq is not None and vectors.seq <= self._catalog.last_seq():
+            self.seq = vectors.seq
+            changed = self._replay(vectors)
+            if vectors.ntotal == self._catalog.count():
+                return changed
+        self.seq = self._catalog.last_seq()  # read first: whatever follows is replayed later
+        return changed + reconcile(vectors, self._catalog)
+
+    # -- following the log -------------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply the change-log entries after ``seq`` (other processes' writes); returns how
+        many were read. A failure rebuilds the index from the catalog, as after a failed add."""
+        vectors = self.vectors
+        if vectors is None:
+            return 0
+        try:
+            count = self._replay(vectors)
+        except Exception:
+            log.exception("applying the change log failed; rebuilding the index from the catalog")
+            self._recover()
+            return 0
+        if count:
+            self.changed(count)
+        return count
+
+    def _replay(self, vectors: VectorIndex) -> int:
+        count = 0
+        while True:
+            batch = self._catalog.changes_since(self.seq, _CATCH_UP_BATCH)
+            if not batch:
+                return count
+            self._apply(vectors, batch)
+            self.seq = batch[-1].seq
+            count += len(batch)
+            if len(batch) < _CATCH_UP_BATCH:
+                return count
+
+    def _apply(self, vectors: VectorIndex, batch: list[Change]) -> None:
+        """Make ``vectors`` reflect ``batch``: ids are never reused, so an item's last entry
+        says whether it exists; an add reads the row's embedding (gone: deleted since)."""
+        last = {change.item_id: change.op for change in batch}
+        gone = [item_id for item_id, op in last.items() if op == "delete"]
+        vectors.remove(gone)
+        fresh = vectors.absent([item_id for item_id, op in last.items() if op == "add"])
+        if fresh.size:
+            ids, vecs = self._catalog.embeddings_for(fresh.tolist())
+            vectors.add(ids, vecs)
 
     # -- index choice ------------------------------------------------------------------------
 
@@ -122,7 +192,9 @@ class VectorCopy:
         count = self._catalog.count()
         target = factory or self._desired_factory(count)
         log.info("building a %s index over %d vectors", target, count)
+        seq = self._catalog.last_seq()  # read first: the build holds at least this much
         self.vectors = self._build(target)
+        self.seq = seq
         self.changes = 0
         self.snapshot_quietly()
 
@@ -180,11 +252,30 @@ class VectorCopy:
         Raises IndexNotReady when there is no usable index, StorageFull when the disk is full,
         OSError for other I/O failures.
         """
-        if self.vectors is None:
+        vectors = self.vectors
+        if vectors is None:
             raise IndexNotReady("vector index unavailable")
-        self.vectors.save(self._snapshot_path, self.model_name)
-        self.snapshot_max_id = self.vectors.max_id
+        with self._snapshot_turn() as mine:
+            if not mine:
+                log.info("another process is writing the vector snapshot; skipping this one")
+                return
+            self._advance(vectors)
+            vectors.save(self._snapshot_path, self.model_name, self.seq)
+        self.snapshot_max_id = vectors.max_id
         self.changes = 0
+
+    def _advance(self, vectors: VectorIndex) -> None:
+        """Move ``seq`` past this process's own writes (held already), so the next start
+        replays only what came after the snapshot."""
+        try:
+            self._replay(vectors)
+        except Exception as exc:  # the snapshot is still true at the older seq
+            log.warning("could not read the change log before the snapshot: %s", exc)
+
+    def _snapshot_turn(self) -> AbstractContextManager[bool]:
+        if self._snapshot_lock is None:
+            return nullcontext(True)
+        return self._snapshot_lock.hold_if_free()
 
     def snapshot_quietly(self) -> None:
         """``snapshot``, logging a failure instead of raising it."""

@@ -5,7 +5,8 @@ renumbers wrongly after a removal, so for those a removed id becomes a tombstone
 filter out until the next rebuild drops it.
 
 Snapshot file layout: ``MAGIC``, a little-endian uint32 header length, a JSON header (dim,
-factory, count, max_id, model, payload length and CRC-32), then the ``faiss.serialize_index``
+factory, count, max_id, model, the change-log seq it holds (absent in older files), payload length
+and CRC-32), then the ``faiss.serialize_index``
 payload. Any file that fails a check loads as None and the caller rebuilds from the catalog.
 """
 
@@ -77,6 +78,8 @@ class VectorIndex:
         self._removable = self._spec.kind == "flat"
         self._tombstones: set[int] = set()
         self._lock = RWLock()
+        # the catalog change-log seq a loaded snapshot held (None: unknown, an older snapshot)
+        self.seq: int | None = None
         ids = self._stored_ids()
         self._max_id = int(ids.max()) if ids.size else 0
 
@@ -127,6 +130,15 @@ class VectorIndex:
             ids = self._stored_ids()
             dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
         return np.sort(np.setdiff1d(ids, dead, assume_unique=True))
+
+    def absent(self, ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Those of ``ids`` never added to this index (a removed id counts as added)."""
+        keys = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if keys.size == 0:
+            return keys
+        with self._lock.read():
+            stored = self._stored_ids()
+        return keys[~np.isin(keys, stored)]
 
     def _stored_ids(self) -> npt.NDArray[np.int64]:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
@@ -239,9 +251,10 @@ class VectorIndex:
 
     # -- snapshot ----------------------------------------------------------------------------
 
-    def save(self, path: Path, model: str = "") -> None:
+    def save(self, path: Path, model: str = "", seq: int | None = None) -> None:
         """Write an atomic, checksummed snapshot to ``path`` (removed ids included; the loader
-        drops them again by comparing with the catalog).
+        drops them again by comparing with the catalog); ``seq``: the catalog change-log seq
+        this index holds every change up to.
 
         Raises StorageFull when the disk is full, OSError for other I/O failures.
         """
@@ -257,6 +270,7 @@ class VectorIndex:
                 "count": count,
                 "max_id": max_id,
                 "model": model,
+                "seq": seq,
                 "payload_bytes": len(view),
                 "crc32": zlib.crc32(view),
             }
@@ -311,6 +325,8 @@ class VectorIndex:
         if describe(loaded.factory).kind == "other":
             raise ValueError(f"unsupported factory {loaded.factory!r}")
         loaded._max_id = max(loaded._max_id, int(header["max_id"]))
+        seq = header.get("seq")
+        loaded.seq = int(seq) if seq is not None else None
         return loaded
 
 

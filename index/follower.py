@@ -1,0 +1,51 @@
+"""``Follower``: a daemon thread that keeps one process's vector copy up to date with the writes
+of the other processes sharing its data dir, by applying the catalog's change log every
+``interval`` seconds (``FUSION_FOLLOW_INTERVAL``).
+
+It polls, for either catalog backend: SQLite has no notifications, and the query (``seq`` above
+a number, on the primary key) costs well under a millisecond when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from index.errors import IndexNotReady
+
+__all__ = ["Follower"]
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    """Calls ``step`` every ``interval`` seconds on its own thread until ``stop``."""
+
+    def __init__(self, step: Callable[[], int], interval: float) -> None:
+        """Raises ValueError for an interval that is not positive."""
+        if interval <= 0:
+            raise ValueError("the follow interval must be positive")
+        self._step = step
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fusion-follower", daemon=True)
+
+    def start(self) -> None:
+        """Start following."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._step()
+            except IndexNotReady:  # the store closed under it
+                return
+            except Exception:  # never let the thread die: the next poll tries again
+                log.exception("following the change log failed; retrying")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop and wait for the thread (a step in progress finishes). Idempotent."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
