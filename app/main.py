@@ -37,7 +37,8 @@ def build_service(settings: Settings) -> SearchService:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     model = load_model(settings.model, settings.pretrained, fusion=settings.fusion_weights,
-                       precision=settings.precision, device=settings.device)
+                       precision=settings.precision, device=settings.device,
+                       runtime=settings.runtime, cache_dir=settings.runtime_cache)
     store = Store.open(settings.data_dir, dim=model.embed_dim, model_name=model.name,
                        factory=settings.index_type, memory_budget=int(settings.memory_budget),
                        snapshot_every=settings.snapshot_every)

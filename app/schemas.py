@@ -225,6 +225,10 @@ class Info(BaseModel):
     precision_reason: str = Field(description="why this precision: the setting, or what "
                                               "`auto` read from the CPU or GPU")
     device: str = Field(description="where the model runs: cpu, cuda or cuda:N")
+    runtime: str = Field("torch", description="what runs the encoders and match head: torch, "
+                         "onnxruntime or openvino (FUSION_RUNTIME)")
+    runtime_reason: str = Field("", description="why this runtime: the setting, or what "
+                                "`auto` measured on this CPU")
     cpu: CpuOut
     index: str
     items: int

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     precision: str = Field("auto", pattern="^(auto|fp32|bf16)$")
     # auto | cpu | cuda | cuda:N; checked against the machine (models.device) when settings load
     device: str = "auto"
+    # where the encoders and match head run (models.runtimes): torch, or graphs exported to ONNX
+    # on ONNX Runtime or OpenVINO; auto probes this CPU once and keeps a runtime >= 1.3x torch
+    runtime: str = Field("torch", pattern="^(auto|torch|onnxruntime|openvino)$")
+    # exported graphs and auto's verdicts, by weights hash (default ~/.cache/fusion-search/runtimes)
+    runtime_cache: Path | None = None
     torch_threads: int = Field(0, ge=0, le=256)
     max_upload_bytes: ByteSize = ByteSize(25 * 1024 * 1024)
     max_request_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
