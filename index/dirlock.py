@@ -6,7 +6,9 @@ alone, as before the change log; a second opener of either mode gets ``DataDirLo
 together, each following the others' writes through the catalog's change log. The first sharer
 to find the directory free holds it alone for a moment, which is when start-up cleanup (orphan
 files, temp files) is safe: no other process can be between writing a file and committing its
-row. It then steps down to a shared hold.
+row. It then steps down to a shared hold. Whoever holds the file alone writes its pid and why
+into it ("alone" or "cleaning"), so a sharer gives up at once on a process that keeps it alone
+and waits for one that is only cleaning up.
 
 POSIX locks belong to the process, so reopening a data dir inside the same process (tests, a
 reload after a simulated crash) works.
@@ -24,6 +26,8 @@ from index.errors import DataDirLocked
 
 # A sharer that starts while another one cleans up waits this long at most.
 SHARED_WAIT_S = 30.0
+# ... and gives up after this long when the holder says it keeps the data dir alone.
+_ALONE_GRACE_S = 0.5
 _POLL_S = 0.05
 
 
@@ -55,8 +59,7 @@ class DirLock:
                 "(and send uploads to it rather than ingesting beside it)"
             )
         if self.alone:
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, f"{os.getpid()}\n".encode())
+            self._say("cleaning" if shared else "alone")
 
     def _try(self, kind: int) -> bool:
         assert self._fd is not None
@@ -66,10 +69,25 @@ class DirLock:
             return False
         return True
 
+    def _say(self, why: str) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()} {why}\n".encode(), 0)
+
+    def _holder_keeps_it(self) -> bool:
+        assert self._fd is not None
+        return os.pread(self._fd, 64, 0).decode(errors="replace").strip().endswith("alone")
+
     def _wait_shared(self, wait: float) -> bool:
-        deadline = time.monotonic() + wait
+        start = time.monotonic()
+        alone_since: float | None = None
         while not self._try(fcntl.LOCK_SH):
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not self._holder_keeps_it():
+                alone_since = None
+            elif alone_since is None:
+                alone_since = now
+            if now - start >= wait or (alone_since and now - alone_since >= _ALONE_GRACE_S):
                 return False
             time.sleep(_POLL_S)
         return True
@@ -79,6 +97,7 @@ class DirLock:
         atomic change of the lock; a no-op for an exclusive lock or one already shared)."""
         if self._fd is None or not self.shared or not self.alone:
             return
+        self._say("shared")
         fcntl.lockf(self._fd, fcntl.LOCK_SH)
         self.alone = False
 
