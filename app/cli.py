@@ -30,8 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (StartupError, ValidationError) as exc:
         print(f"fusion-search serve: {exc}", file=sys.stderr)
         return 2
+    # Each worker process builds its own app (model, store) from the factory; they share the
+    # data dir, following each other's writes through the catalog's change log.
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, workers=1)
+                log_level=args.log_level, workers=args.workers)
     return 0
 
 
@@ -126,6 +128,13 @@ def _bench(args: argparse.Namespace) -> int:
     return run(bench_parser().parse_args(args.bench_argv))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fusion-search", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data dir (default FUSION_DATA_DIR or ./data)")
     s.add_argument("--demo", action="store_true", help="seed generated scenes when empty")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--workers", type=_positive, default=1,
+                   help="server processes on this port and data dir (each loads the model)")
     s.set_defaults(fn=_serve)
 
     s = sub.add_parser("ingest", help="add images from folders, files or a TSV")

@@ -41,7 +41,8 @@ def build_service(settings: Settings) -> SearchService:
                        runtime=settings.runtime, cache_dir=settings.runtime_cache)
     store = Store.open(settings.data_dir, dim=model.embed_dim, model_name=model.name,
                        factory=settings.index_type, memory_budget=int(settings.memory_budget),
-                       snapshot_every=settings.snapshot_every)
+                       snapshot_every=settings.snapshot_every, shared=True,
+                       follow_interval=settings.follow_interval)
     service = SearchService(model, store, rerank_depth=settings.rerank_depth,
                             text_batch=settings.text_batch_max,
                             max_pixels=settings.max_pixels)

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     index_type: str = "auto"
     memory_budget: ByteSize = ByteSize(2 * 1024**3)
     snapshot_every: int = Field(1000, ge=1)
+    # seconds between looks at the catalog's change log for other processes' writes (serve
+    # --workers N, an ingest beside a server): the most another process's upload waits to show
+    follow_interval: float = Field(0.2, gt=0, le=60)
     demo: bool = False
     demo_count: int = Field(300, ge=0, le=100_000)
 
