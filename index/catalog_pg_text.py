@@ -13,7 +13,8 @@ not all of them in the caption. The NEAR test runs here, over the positions Post
 
 Differences, on purpose: the relevance is ``ts_rank`` normalised by the log of the text's
 length (caption weight 1, tags and file name 2, as the BM25 column weights on SQLite), not BM25,
-so scores differ in scale and close ties may order differently, while both sort best first; and the raw ``fts5`` query syntax exists only on SQLite (BadQuery here).
+so scores differ in scale and close ties may order differently, while both sort best first;
+and the raw ``fts5`` query syntax exists only on SQLite (BadQuery here).
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pg_support import PgCluster, require_cluster
 
 from index.catalog_factory import CatalogBackend, open_catalog
 from index.catalog_schema import NewItem
 from index.errors import BadQuery, DimensionMismatch, DuplicateContent, ItemNotFound
-from pg_support import PgCluster, require_cluster
 
 DIM = 8
 Opener = Callable[[], CatalogBackend]
@@ -119,20 +119,22 @@ def test_a_repeated_sha_is_refused_and_the_batch_leaves_nothing(catalog: Catalog
 def test_two_writers_racing_on_one_sha_make_one_item(opener: Opener) -> None:
     a, b = opener(), opener()
     a.check_model("m", DIM)
+
+    def write(cat: CatalogBackend, i: int, barrier: threading.Barrier,
+              outcomes: list[str]) -> None:
+        barrier.wait()
+        try:
+            cat.add(row(100 + i))
+            outcomes.append("stored")
+        except sqlite3.IntegrityError as exc:
+            outcomes.append("duplicate" if isinstance(exc, DuplicateContent) or
+                            "UNIQUE" in str(exc) else repr(exc))
+
     for attempt in range(5):
         barrier = threading.Barrier(2)
         outcomes: list[str] = []
-
-        def write(cat: CatalogBackend, i: int = attempt) -> None:
-            barrier.wait()
-            try:
-                cat.add(row(100 + i))
-                outcomes.append("stored")
-            except sqlite3.IntegrityError as exc:
-                outcomes.append("duplicate" if isinstance(exc, DuplicateContent) or
-                                "UNIQUE" in str(exc) else repr(exc))
-
-        threads = [threading.Thread(target=write, args=(c,)) for c in (a, b)]
+        threads = [threading.Thread(target=write, args=(c, attempt, barrier, outcomes))
+                   for c in (a, b)]
         for t in threads:
             t.start()
         for t in threads:
