@@ -156,7 +156,7 @@ def _min_cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def probe(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
-          dtype: torch.dtype, text_dtype: torch.dtype, reps: int = 5) -> dict[str, Any]:
+          dtype: torch.dtype, text_dtype: torch.dtype, reps: int = 3) -> dict[str, Any]:
     """Time torch (at ``dtype``/``text_dtype``) against each runtime in ``present`` and pick.
 
     Returns ``{"runtime", "precision", "reason", "candidates": {...}}``.
