@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.catalog import Catalog, Item
+from index.catalog import Item
+from index.catalog_factory import CatalogBackend, open_catalog
 from index.choice import DEFAULT_THRESHOLDS, Thresholds, parse_bytes
 from index.errors import IndexNotReady, ItemNotFound, StoreError
 from index.files import FileStore
@@ -54,7 +55,7 @@ class Store:
     def __init__(
         self,
         data_dir: Path,
-        catalog: Catalog,
+        catalog: CatalogBackend,
         files: FileStore,
         access: DataDirAccess,
         copy: VectorCopy,
@@ -85,6 +86,8 @@ class Store:
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
         shared: bool = False,
         follow_interval: float = FOLLOW_INTERVAL_S,
+        database_url: str | None = None,
+        files_dir: Path | None = None,
     ) -> Store:
         """Open (creating if needed) the data dir and bring the vector index up to date.
 
@@ -97,10 +100,15 @@ class Store:
         start runs only when no other process holds the data dir. Not shared, the store holds
         the data dir alone.
 
+        ``database_url`` (``postgresql://...``) keeps the catalog in PostgreSQL instead of the
+        data dir's SQLite file; ``files_dir`` puts the image files elsewhere than ``files/`` in
+        the data dir. Replicas on several machines share both, each with its own data dir.
+
         Raises ValueError for a bad factory, budget, snapshot_every or follow_interval;
         DimensionMismatch or ModelMismatch when the data dir holds another model's embeddings;
         DataDirLocked when another process holds the data dir in a way this one cannot join;
-        StoreError when the catalog cannot be opened.
+        StoreError when the catalog cannot be opened; CatalogUnavailable when its database
+        server cannot be reached.
         """
         if dim < 1 or snapshot_every < 1 or follow_interval <= 0:
             raise ValueError("dim, snapshot_every and follow_interval must be positive")
@@ -108,18 +116,21 @@ class Store:
         if factory != "auto":
             VectorIndex.create(dim, factory)  # fail fast on a factory FAISS cannot build
         data_dir = Path(data_dir)
-        for folder in (data_dir, data_dir / FILES_DIR, data_dir / INDEX_DIR):
+        files_path = Path(files_dir) if files_dir is not None else data_dir / FILES_DIR
+        for folder in (data_dir, files_path, data_dir / INDEX_DIR):
             folder.mkdir(parents=True, exist_ok=True)
         access = DataDirAccess(data_dir, data_dir / INDEX_DIR, shared)
-        catalog: Catalog | None = None
+        catalog: CatalogBackend | None = None
         try:
-            catalog = Catalog(data_dir / CATALOG_NAME)
+            catalog = open_catalog(database_url or data_dir / CATALOG_NAME)
             catalog.check_model(model_name, dim)
             snapshot = data_dir / INDEX_DIR / SNAPSHOT_NAME
             copy = VectorCopy(catalog, snapshot, dim, model_name, factory, budget,
                               snapshot_every, thresholds, access.snapshot_lock)
-            store = cls(data_dir, catalog, FileStore(data_dir / FILES_DIR), access, copy)
-            if access.alone:  # nobody can be between writing a file and committing its row
+            store = cls(data_dir, catalog, FileStore(files_path), access, copy)
+            # nobody can be between writing a file and committing its row; files kept apart
+            # from the data dir may be other replicas' (their orphans stay: see docs/scaling.md)
+            if access.alone and files_dir is None:
                 clean_files(store._files, catalog, data_dir / INDEX_DIR)
             access.cleaned_up()
             with store._write_lock:

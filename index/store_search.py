@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from index.catalog import Catalog
+from index.catalog_factory import CatalogBackend
 from index.choice import Thresholds
 from index.errors import IndexNotReady
 from index.uploads import clean_tags
@@ -19,7 +19,7 @@ __all__ = ["exact_search", "vector_search"]
 
 def vector_search(
     vectors: VectorIndex | None,
-    catalog: Catalog,
+    catalog: CatalogBackend,
     dim: int,
     thresholds: Thresholds,
     query_vecs: npt.ArrayLike,
@@ -47,7 +47,7 @@ def vector_search(
 
 
 def exact_search(
-    catalog: Catalog, matrix: npt.NDArray[np.float32], k: int, allow: Collection[int]
+    catalog: CatalogBackend, matrix: npt.NDArray[np.float32], k: int, allow: Collection[int]
 ) -> list[Hits]:
     """Score a small candidate set exactly from the catalog's vectors."""
     ids, vecs = catalog.embeddings_for(allow)

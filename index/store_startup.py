@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import remove_temps
-from index.catalog import Catalog
+from index.catalog_factory import CatalogBackend
 from index.files import FileStore
 from index.vectors import VectorIndex
 
@@ -21,7 +21,7 @@ log = logging.getLogger("index.store")
 _REPLAY_CHUNK = 10_000
 
 
-def clean_files(files: FileStore, catalog: Catalog, index_dir: Path) -> None:
+def clean_files(files: FileStore, catalog: CatalogBackend, index_dir: Path) -> None:
     """Remove temp files and files no row references (uploads never acknowledged)."""
     stale = files.remove_stale_temps() + remove_temps(index_dir)
     referenced = catalog.all_files()
@@ -32,7 +32,7 @@ def clean_files(files: FileStore, catalog: Catalog, index_dir: Path) -> None:
         log.info("removed %d temp files and %d orphan files", stale, len(orphans))
 
 
-def reconcile(vectors: VectorIndex, catalog: Catalog) -> int:
+def reconcile(vectors: VectorIndex, catalog: CatalogBackend) -> int:
     """Make a loaded snapshot hold exactly the catalog's rows; returns how many changed."""
     rows = catalog.ids()
     held = vectors.ids()

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index.catalog import Catalog, Item, NewItem
-from index.errors import StoreError
+from index.catalog import Item, NewItem
+from index.catalog_factory import CatalogBackend
+from index.errors import DuplicateContent, StoreError
 from index.files import FileStore
 from index.uploads import Upload
 from index.vector_copy import VectorCopy
@@ -20,9 +21,11 @@ __all__ = ["add_batch", "delete_item"]
 # Logged under the store's name, as before these steps moved out of index/store.py.
 log = logging.getLogger("index.store")
 
+_DUPLICATE_RETRIES = 3
+
 
 def add_batch(
-    catalog: Catalog,
+    catalog: CatalogBackend,
     files: FileStore,
     copy: VectorCopy,
     uploads: Sequence[Upload],
@@ -34,6 +37,24 @@ def add_batch(
     Raises ValueError for a new upload with an all-zero embedding, StorageFull when the disk
     is full; on any error no row of the batch is stored.
     """
+    for attempt in range(_DUPLICATE_RETRIES):
+        try:
+            return _add_once(catalog, files, copy, uploads, rows)
+        except DuplicateContent:
+            # A writer outside this data dir's write turn (another replica on the same
+            # PostgreSQL catalog) stored one of these meanwhile: look the batch up again.
+            if attempt == _DUPLICATE_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _add_once(
+    catalog: CatalogBackend,
+    files: FileStore,
+    copy: VectorCopy,
+    uploads: Sequence[Upload],
+    rows: Sequence[NewItem],
+) -> list[tuple[Item, bool]]:
     results: dict[int, tuple[Item, bool]] = {}
     first_of: dict[str, int] = {}
     fresh: list[int] = []
@@ -61,7 +82,7 @@ def add_batch(
 
 
 def _insert(
-    catalog: Catalog, files: FileStore, uploads: Sequence[Upload], rows: Sequence[NewItem]
+    catalog: CatalogBackend, files: FileStore, uploads: Sequence[Upload], rows: Sequence[NewItem]
 ) -> list[Item]:
     """Files first, then one catalog transaction; on failure drop the files no row uses."""
     if not uploads:
@@ -77,7 +98,7 @@ def _insert(
         raise
 
 
-def _drop_file_if_unused(catalog: Catalog, files: FileStore, name: str) -> None:
+def _drop_file_if_unused(catalog: CatalogBackend, files: FileStore, name: str) -> None:
     try:
         if not catalog.file_referenced(name):
             files.delete(name)
@@ -85,7 +106,7 @@ def _drop_file_if_unused(catalog: Catalog, files: FileStore, name: str) -> None:
         log.warning("could not remove unused file %s: %s", name, exc)
 
 
-def delete_item(catalog: Catalog, files: FileStore, copy: VectorCopy, item_id: int) -> Item:
+def delete_item(catalog: CatalogBackend, files: FileStore, copy: VectorCopy, item_id: int) -> Item:
     """Delete an item: its row, its vector, and its file when no other row uses it.
 
     Raises ItemNotFound; StorageFull when the catalog cannot be written.

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from index.catalog import Catalog, Change
+from index.catalog import Change
+from index.catalog_factory import CatalogBackend
 from index.choice import Thresholds, choose_factory, min_training_points, needs_rebuild
 from index.errors import IndexNotReady, StoreError
 from index.locks import FileLock
@@ -44,7 +45,7 @@ class VectorCopy:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: CatalogBackend,
         snapshot_path: Path,
         dim: int,
         model_name: str,
