@@ -12,8 +12,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import (
     BadQuery,
+    CatalogUnavailable,
     DataDirLocked,
     DimensionMismatch,
+    DuplicateContent,
     IndexNotReady,
     ItemNotFound,
     ModelMismatch,
@@ -79,6 +81,8 @@ _STATUS_BY_TYPE: list[tuple[type[Exception], int, str]] = [
     (ModelMismatch, 409, "model_mismatch"),
     (TokensUnavailable, 409, "tokens_unavailable"),
     (DataDirLocked, 503, "data_dir_locked"),
+    (CatalogUnavailable, 503, "database_unavailable"),
+    (DuplicateContent, 409, "duplicate"),
     (FusionUnavailable, 409, "fusion_unavailable"),
 ]
 
@@ -90,7 +94,10 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc.status, exc.code, str(exc))
     for typ, status, code in _STATUS_BY_TYPE:
         if isinstance(exc, typ):
-            return error_response(status, code, str(exc))
+            response = error_response(status, code, str(exc))
+            if isinstance(exc, CatalogUnavailable):  # the database is restarting: come back
+                response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
     log.exception("unhandled domain error", exc_info=exc)
     return error_response(500, "internal_error", "internal error")
 

@@ -42,7 +42,10 @@ def build_service(settings: Settings) -> SearchService:
     store = Store.open(settings.data_dir, dim=model.embed_dim, model_name=model.name,
                        factory=settings.index_type, memory_budget=int(settings.memory_budget),
                        snapshot_every=settings.snapshot_every, shared=True,
-                       follow_interval=settings.follow_interval)
+                       follow_interval=settings.follow_interval,
+                       database_url=(settings.database_url.get_secret_value()
+                                     if settings.database_url else None),
+                       files_dir=settings.files_dir)
     service = SearchService(model, store, rerank_depth=settings.rerank_depth,
                             text_batch=settings.text_batch_max,
                             max_pixels=settings.max_pixels)

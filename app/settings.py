@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # seconds between looks at the catalog's change log for other processes' writes (serve
     # --workers N, an ingest beside a server): the most another process's upload waits to show
     follow_interval: float = Field(0.2, gt=0, le=60)
+    # the catalog in PostgreSQL (postgresql://user@host:port/db) instead of the data dir's SQLite
+    # file: replicas on several machines share it (index.catalog_factory; needs the postgres extra)
+    database_url: SecretStr | None = None
+    # the content-addressed image files (default: files/ inside the data dir); replicas share it
+    files_dir: Path | None = None
     demo: bool = False
     demo_count: int = Field(300, ge=0, le=100_000)
 
@@ -63,6 +68,15 @@ class Settings(BaseSettings):
             return resolve_device(v)
         except DeviceError as exc:  # a ValueError becomes pydantic's clear start-up message
             raise ValueError(f"FUSION_DEVICE: {exc}") from exc
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, str) and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("FUSION_DATABASE_URL must be a postgresql://user@host:port/db URL")
+        return v
 
     @field_validator("api_key", mode="before")
     @classmethod
