@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"
-NAMES = ("encode", "index", "http", "ingest", "memory")
+NAMES = ("encode", "index", "http", "ingest", "memory", "runtimes")
 
 
 def default_doc(out: Path) -> Path:

@@ -14,6 +14,7 @@ from .report_lookups import (
     hnsw_pair,
     micro_batching,
 )
+from .report_runtimes import runtimes
 
 
 def encode(d: dict[str, Any]) -> str:
@@ -209,5 +210,6 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str], str]] = {
     "http": ("HTTP", http, "throughput and latency against concurrent clients"),
     "ingest": ("Bulk ingest", ingest, "ingest against encode-only rate"),
     "memory": ("Server memory", memory, "server RSS against bytes on disk"),
+    "runtimes": ("Runtimes", runtimes, "images/s and one query per runtime and precision"),
 }
 

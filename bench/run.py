@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .common import Options
 
-BENCHMARKS = ("encode", "index", "http", "ingest", "memory")
+BENCHMARKS = ("encode", "index", "http", "ingest", "memory", "runtimes")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "or bench/results/quick with --quick)")
     p.add_argument("--doc", help="report: the Markdown file to write (default docs/benchmarks.md "
                                  "for bench/results, <out>/benchmarks.md otherwise)")
-    p.add_argument("--models", help="encode: comma-separated model names")
+    p.add_argument("--models", help="encode, runtimes: comma-separated model names")
     p.add_argument("--sizes", help="index: comma-separated collection sizes")
     p.add_argument("--items", type=int, help="http: items in the served collection")
     p.add_argument("--duration", type=float, help="http: seconds per load level")
@@ -51,7 +51,8 @@ def command_line(args: argparse.Namespace, what: str) -> str:
     if args.out:
         parts += ["--out", args.out]
     options = {"encode": ("models",), "index": ("sizes",), "http": ("items", "duration"),
-               "ingest": ("images",), "memory": ("memory_items",)}[what]
+               "ingest": ("images",), "memory": ("memory_items",),
+               "runtimes": ("models",)}[what]
     for name in options:
         value = getattr(args, name)
         if value is not None:
@@ -83,6 +84,10 @@ def _run_one(what: str, opts: Options, args: argparse.Namespace) -> None:
 
         sizes = [int(s) for s in args.memory_items.split(",")] if args.memory_items else None
         memory.run(opts, items=sizes)
+    elif what == "runtimes":
+        from . import runtimes
+
+        runtimes.run(opts, models=args.models.split(",") if args.models else runtimes.MODELS)
 
 
 def run(args: argparse.Namespace) -> int:

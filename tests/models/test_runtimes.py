@@ -142,6 +142,7 @@ def _png(e: syn.Example) -> bytes:
 @pytest.fixture
 def served(tmp_path: Path, cache: Path, examples: list[syn.Example]
            ) -> Iterator[dict[str, TestClient]]:
+    need("onnxruntime")
     clients = {}
     for runtime in ("torch", "onnxruntime"):
         settings = Settings(_env_file=None, data_dir=tmp_path / runtime,  # type: ignore[call-arg]
@@ -159,7 +160,6 @@ def served(tmp_path: Path, cache: Path, examples: list[syn.Example]
 
 def test_search_through_onnxruntime_finds_what_torch_finds(
         served: dict[str, TestClient], examples: list[syn.Example]) -> None:
-    need("onnxruntime")
     info = served["onnxruntime"].get(f"{API}/info").json()
     assert info["runtime"] == "onnxruntime" and info["runtime_reason"], info
     assert served["torch"].get(f"{API}/info").json()["runtime"] == "torch"
