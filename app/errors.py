@@ -24,6 +24,7 @@ from index import (
     TokensUnavailable,
 )
 from models import BadImage, FusionUnavailable, ModelError
+from models.errors import HeadNotAvailable
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ _STATUS_BY_TYPE: list[tuple[type[Exception], int, str]] = [
     (CatalogUnavailable, 503, "database_unavailable"),
     (DuplicateContent, 409, "duplicate"),
     (FusionUnavailable, 409, "fusion_unavailable"),
+    (HeadNotAvailable, 409, "not_available"),
 ]
 
 

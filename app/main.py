@@ -22,7 +22,7 @@ from .demo import seed_demo
 from .deps import READ_SCHEME, WRITE_SCHEME
 from .limits import BodyLimit
 from .metrics import Metrics, MetricsMiddleware
-from .routers import images, search, system
+from .routers import answers, images, search, system
 from .service import SearchService
 from .settings import Settings
 
@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(images.router)
     api.include_router(images.duplicates_router)
     api.include_router(search.router)
+    api.include_router(answers.router)
     api.include_router(system.info_router)
     app.include_router(api)
     app.include_router(system.router)

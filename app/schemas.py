@@ -204,6 +204,51 @@ class Explanation(BaseModel):
     cols: int
 
 
+MAX_QUESTION_CHARS = 200
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: JsonInt = Field(..., ge=1, le=MAX_ID)
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS,
+                          json_schema_extra={"pattern": TEXT_PATTERN},
+                          description="e.g. “what colour is the circle?”, “how many objects "
+                          "are there?”, “is the star left of the square?”")
+
+    _clean = field_validator("question")(_clean_text)
+
+
+class DescribeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: JsonInt = Field(..., ge=1, le=MAX_ID)
+
+
+class Alternative(BaseModel):
+    answer: str
+    probability: float
+
+
+class AskResponse(BaseModel):
+    image_id: int | None = Field(description="the stored image asked about; null for an upload")
+    question: str
+    answer: str = Field(description="the most probable answer")
+    probability: float = Field(description="calibrated probability of the answer")
+    alternatives: list[Alternative] = Field(description="the next three answers, most probable "
+                                                        "first")
+    grid: list[list[float]] = Field(description="the question's attention over the image "
+                                                "patches, rows x cols, sums to 1")
+    rows: int
+    cols: int
+
+
+class DescribeResponse(BaseModel):
+    image_id: int | None = Field(description="the stored image described; null for an upload")
+    caption: str = Field(description="a generated caption of the scene")
+    probability: float = Field(description="the decoder's probability of this caption")
+
+
 class Health(BaseModel):
     status: str
 
@@ -221,6 +266,10 @@ class Info(BaseModel):
     trained: bool
     has_fusion: bool
     fusion: str
+    has_ask: bool = Field(False, description="a question-answering head: /api/v1/ask answers "
+                                             "(else 409 not_available)")
+    has_describe: bool = Field(False, description="a captioning head: /api/v1/describe answers "
+                                                  "(else 409 not_available)")
     precision: str
     precision_reason: str = Field(description="why this precision: the setting, or what "
                                               "`auto` read from the CPU or GPU")

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -348,6 +349,29 @@ class SearchService:
         tokens = self._tokens_or_encode(image_id)[0]
         emb = self.store.embedding(image_id)
         return self.model.explain(tokens, emb, text)
+
+    def _query_tokens(self, image: DecodedImage | None, image_id: int | None) -> np.ndarray:
+        """One image's patch tokens (T, W): the stored ones for an id, else encoded now."""
+        if image_id is not None:
+            self.store.get(image_id)
+            return self._tokens_or_encode(image_id)[0]
+        assert image is not None
+        return self.model.image_tokens([image.image])[0]
+
+    def ask(self, image: DecodedImage | None, image_id: int | None,
+            question: str) -> dict[str, Any]:
+        """Answer a question about a stored (image_id) or uploaded image.
+
+        Raises ItemNotFound; HeadNotAvailable when the model has no question-answering head.
+        """
+        return self.model.ask(self._query_tokens(image, image_id), question)
+
+    def describe(self, image: DecodedImage | None, image_id: int | None) -> dict[str, Any]:
+        """Caption a stored (image_id) or uploaded image.
+
+        Raises ItemNotFound; HeadNotAvailable when the model has no captioning head.
+        """
+        return self.model.describe(self._query_tokens(image, image_id))
 
     def info(self) -> dict[str, object]:
         return {**self.model.info(), **self.store.stats()}

@@ -44,6 +44,7 @@ def info(service: ServiceDep, settings: SettingsDep) -> Info:
     return Info(
         model=str(m["model"]), dim=int(m["dim"]), trained=bool(m["trained"]),
         has_fusion=bool(m["has_fusion"]), fusion=str(m["fusion"]),
+        has_ask=bool(m.get("has_ask", False)), has_describe=bool(m.get("has_describe", False)),
         precision=str(m["precision"]), precision_reason=str(m["precision_reason"]),
         device=str(m["device"]), runtime=str(m.get("runtime", "torch")),
         runtime_reason=str(m.get("runtime_reason", "")), cpu=CpuOut(**cpu_info().as_dict()),

@@ -79,12 +79,14 @@ def test_file_fields_are_binary_everywhere(gallery: Gallery) -> None:
              for path, ops in spec["paths"].items() for op in ops.values()
              if "multipart/form-data" in op.get("requestBody", {}).get("content", {})}
     assert set(forms) == {f"{API}/images", f"{API}/search/image/upload",
-                          f"{API}/search/composed/upload"}
+                          f"{API}/search/composed/upload", f"{API}/ask/upload",
+                          f"{API}/describe/upload"}
     upload = forms[f"{API}/images"]["properties"]
     files_item = next(s["items"] for s in upload["files"]["anyOf"] if s.get("type") == "array")
     assert files_item == {"type": "string", "format": "binary"}
     assert {"type": "string", "format": "binary"} in upload["file"]["anyOf"]
-    for path in (f"{API}/search/image/upload", f"{API}/search/composed/upload"):
+    for path in (f"{API}/search/image/upload", f"{API}/search/composed/upload",
+                 f"{API}/ask/upload", f"{API}/describe/upload"):
         assert forms[path]["properties"]["file"] == {"type": "string", "format": "binary"}
         assert "file" in forms[path]["required"]
 

@@ -118,6 +118,8 @@ EXPECTED_OPERATIONS = {
     ("/api/v1/search/text", "post"), ("/api/v1/search/image", "post"),
     ("/api/v1/search/image/upload", "post"), ("/api/v1/search/composed", "post"),
     ("/api/v1/search/composed/upload", "post"), ("/api/v1/explain", "post"),
+    ("/api/v1/ask", "post"), ("/api/v1/ask/upload", "post"),
+    ("/api/v1/describe", "post"), ("/api/v1/describe/upload", "post"),
     ("/api/v1/info", "get"), ("/health", "get"), ("/ready", "get"), ("/metrics", "get"),
 }
 
