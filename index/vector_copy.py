@@ -26,7 +26,7 @@ import numpy.typing as npt
 from index.catalog import Change
 from index.catalog_factory import CatalogBackend
 from index.choice import Thresholds, choose_factory, min_training_points, needs_rebuild
-from index.errors import IndexNotReady, StoreError
+from index.errors import CatalogUnavailable, IndexNotReady, StoreError
 from index.locks import FileLock
 from index.store_startup import reconcile
 from index.vectors import VectorIndex
@@ -104,12 +104,16 @@ class VectorCopy:
 
     def catch_up(self) -> int:
         """Apply the change-log entries after ``seq`` (other processes' writes); returns how
-        many were read. A failure rebuilds the index from the catalog, as after a failed add."""
+        many were read. A failure rebuilds the index from the catalog, as after a failed add;
+        an unreachable catalog (PostgreSQL restarting) leaves the index as it is and raises
+        CatalogUnavailable: the next look carries on from the same ``seq``."""
         vectors = self.vectors
         if vectors is None:
             return 0
         try:
             count = self._replay(vectors)
+        except CatalogUnavailable:
+            raise  # the index is sound; only the log could not be read
         except Exception:
             log.exception("applying the change log failed; rebuilding the index from the catalog")
             self._recover()
