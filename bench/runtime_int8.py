@@ -58,15 +58,17 @@ def calibration_feeds(model: RetrievalModel, n: int = CALIBRATION_SCENES, batch:
     return feeds
 
 
-def quantize_graphs(graphs: dict[str, Path], model: RetrievalModel, out: Path) -> dict[str, Path]:
-    """int8 QDQ copies of ``graphs`` in ``out`` (kept when already there)."""
+def quantize_graphs(graphs: dict[str, Path], model: RetrievalModel, out: Path,
+                    scenes: int = CALIBRATION_SCENES) -> dict[str, Path]:
+    """int8 QDQ copies of ``graphs`` in ``out`` (kept when already there), calibrated on
+    ``scenes`` train scenes."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     out.mkdir(parents=True, exist_ok=True)
     result = {g: out / f"{g}.int8.onnx" for g in graphs}
     if all(p.is_file() for p in result.values()):
         return result
-    feeds = calibration_feeds(model)
+    feeds = calibration_feeds(model, scenes)
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     for g, src in graphs.items():
         if result[g].is_file():
@@ -81,8 +83,8 @@ def quantize_graphs(graphs: dict[str, Path], model: RetrievalModel, out: Path) -
     return result
 
 
-def describe() -> dict[str, Any]:
+def describe(scenes: int = CALIBRATION_SCENES) -> dict[str, Any]:
     return {"method": "onnxruntime.quantization.quantize_static, QDQ", "weights": "int8 per "
             "channel", "activations": "uint8 per tensor (MinMax)", "ops": "MatMul, Gemm, Conv",
-            "calibration": f"{CALIBRATION_SCENES} scenes and captions of the synthetic train "
+            "calibration": f"{scenes} scenes and captions of the synthetic train "
                            "split"}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from models import load_model
 from models.evaluate import _rank, in_distribution, out_of_distribution, recall_at
-from models.export import cached_graphs
+from models.export import cached_graphs, default_cache_dir
 from models.fusion import Batch
 from models.precision import native_bf16
 from models.rerank import rerank_scores
@@ -41,7 +41,8 @@ MODELS = ("fusion-tiny", "ViT-B-32")
 BATCH = {"fusion-tiny": 64, "ViT-B-32": 16}
 # (images per timed pass, timed calls per latency, R@1 gallery)
 FULL = {"fusion-tiny": (512, 60, 300), "ViT-B-32": (64, 30, 0)}
-QUICK = {"fusion-tiny": (64, 10, 60), "ViT-B-32": (16, 5, 0)}
+QUICK = {"fusion-tiny": (32, 5, 30), "ViT-B-32": (16, 5, 0)}
+CALIBRATION = {True: 16, False: runtime_int8.CALIBRATION_SCENES}  # scenes, by quick
 RERANK_DEPTH = 50
 INT8_R1_TOLERANCE = 0.005
 
@@ -74,19 +75,28 @@ def _match_call(m: RetrievalModel, tok: np.ndarray, emb: np.ndarray) -> Callable
     return lambda: m.match(tokens, [SHORT_QUERY], embs)
 
 
+@functools.cache
+def _galleries(n: int) -> tuple[tuple[str, list[Any], np.ndarray], ...]:
+    """(split, queries, relevance) of the test and OOD worlds' ``n``-scene galleries, rendered
+    once for every variant."""
+    from models import synthetic as syn
+
+    out = []
+    for world in (in_distribution(), out_of_distribution()):
+        qs = world.gallery(n)
+        rel = np.array([[syn.claim_true(q.claim, g.scene) for g in qs] for q in qs])
+        out.append(("test" if world.name == "in_distribution" else "ood", qs, rel))
+    return tuple(out)
+
+
 def _quality(m: RetrievalModel, gallery: int) -> dict[str, float]:
     """t2i R@1 and attention re-rank R@1 (depth 20, blended as the service does) per world."""
     out: dict[str, float] = {}
-    for world in (in_distribution(), out_of_distribution()):
-        qs = world.gallery(gallery)
+    for key, qs, rel in _galleries(gallery):
         emb, tok = m.encode_images_with_tokens([q.image for q in qs])
         texts = [q.caption for q in qs]
-        from models import synthetic as syn
-
-        rel = np.array([[syn.claim_true(q.claim, g.scene) for g in qs] for q in qs])
         sims = m.encode_texts(texts) @ emb.T
         ranked = _rank(sims, 20)
-        key = "test" if world.name == "in_distribution" else "ood"
         out[f"t2i_r1_{key}"] = round(recall_at(ranked, rel, 1), 4)
         if m.fusion is None:
             continue
@@ -142,7 +152,9 @@ def bench_model(name: str, opts: Options, cache: Path) -> dict[str, Any]:
                                 fp32.token_layer, cache)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    int8 = (runtime_int8.quantize_graphs(graphs, fp32, graphs["image"].parent / "int8")
+    int8 = (runtime_int8.quantize_graphs(graphs, fp32, graphs["image"].parent /
+                                         f"int8-{CALIBRATION[opts.quick]}",
+                                         CALIBRATION[opts.quick])
             if not missing("onnxruntime") else None)
     quantize_s = time.perf_counter() - t0
     rows = [_plain_row(name, fp32, pixels, n_q, ref)]
@@ -240,8 +252,7 @@ def _auto_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(opts: Options, models: Sequence[str] = MODELS) -> dict[str, Any]:
-    cache = opts.path("runtime-cache") if opts.quick else Path.home() / ".cache" / \
-        "fusion-search" / "runtimes"
+    cache = default_cache_dir()  # the service's own cache: graphs are keyed by weights hash
     results = [bench_model(name, opts, cache) for name in models]
     cols = ["variant", "images_per_s", "images_x_torch_fp32", "images_x_torch_auto",
             "query_p50_ms", "query_x_torch_auto", f"rerank{RERANK_DEPTH}_p50_ms",
@@ -251,7 +262,7 @@ def run(opts: Options, models: Sequence[str] = MODELS) -> dict[str, Any]:
         print_table(f"runtimes: {res['model']} (batch {res['batch']}, {res['images']} images; "
                     f"auto's rule picks {res['auto']['pick']})", res["rows"], cols)
     result = {"models": results, "rerank_depth": RERANK_DEPTH, "query": SHORT_QUERY,
-              "int8": runtime_int8.describe(),
+              "int8": runtime_int8.describe(CALIBRATION[opts.quick]),
               "rule": {"min_speedup": MIN_SPEEDUP, "min_cosine": MIN_COSINE,
                        "int8_r1_tolerance": INT8_R1_TOLERANCE}}
     write_json(opts, "runtimes", result)
