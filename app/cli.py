@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+WORKER_HEALTHCHECK_S = 120
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -31,9 +33,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fusion-search serve: {exc}", file=sys.stderr)
         return 2
     # Each worker process builds its own app (model, store) from the factory; they share the
-    # data dir, following each other's writes through the catalog's change log.
+    # data dir, following each other's writes through the catalog's change log. The supervisor
+    # pings each worker; one importing torch or loading its model can hold the interpreter lock
+    # for seconds on busy cores, and uvicorn's 5 s default would kill and respawn it forever.
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, workers=args.workers)
+                log_level=args.log_level, workers=args.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     return 0
 
 
@@ -41,9 +46,16 @@ def _ingest(args: argparse.Namespace) -> int:
     from .ingest import IngestSettingsError, ingest
 
     try:
-        report = ingest(args.paths, data_dir=args.data, device=args.device,
-                        caption=args.caption, tags=args.tags, batch=args.batch,
-                        workers=args.workers, encoders=args.encoders)
+        if args.ray:
+            from .ingest_ray import ingest_ray
+
+            report = ingest_ray(args.paths, address=args.ray, data_dir=args.data,
+                                device=args.device, caption=args.caption, tags=args.tags,
+                                batch=args.batch, encoders=args.encoders)
+        else:
+            report = ingest(args.paths, data_dir=args.data, device=args.device,
+                            caption=args.caption, tags=args.tags, batch=args.batch,
+                            workers=args.workers, encoders=args.encoders or 2)
     except IngestSettingsError as exc:  # e.g. --device cuda on a machine without a GPU
         print(f"fusion-search ingest: {exc}", file=sys.stderr)
         return 2
@@ -74,8 +86,27 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_answer_heads(args: argparse.Namespace) -> int:
+    from models.train_ask import AskTrainConfig, run_answer_heads
+
+    sizes = {k: getattr(args, k) for k in ("pool", "threads", "randomise", "batch", "ask_steps",
+                                           "describe_steps")}
+    cfg = AskTrainConfig(model=args.backbone, pretrained=args.pretrained, out=args.out,
+                         work_dir=args.work_dir, only=tuple(args.only.split(",")),
+                         **{k: v for k, v in sizes.items() if v is not None})
+    try:
+        result = run_answer_heads(cfg)
+    except ValueError as exc:
+        raise SystemExit(f"fusion-search train: {exc}") from exc
+    print(json.dumps(result))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, run
+
+    if args.only:
+        return _train_answer_heads(args)
 
     # the step counts and sizes left out keep TrainConfig's defaults: the recipe is stated once
     sizes = {k: getattr(args, k) for k in ("encoder_steps", "fusion_steps", "batch", "pool",
@@ -94,7 +125,14 @@ def _eval(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate, format_table
 
     model = load_model(args.model, args.pretrained, fusion=args.fusion, precision=args.precision,
-                       image_size=args.image_size, device=args.device)
+                       image_size=args.image_size, device=args.device, ask=args.ask_heads,
+                       describe=args.describe_head)
+    if args.only:
+        from models.evaluate_ask import evaluate_answers, format_answers_table
+
+        answers = evaluate_answers(model, n=args.n, ood_split=args.ood_split)
+        print(json.dumps(answers) if args.json else format_answers_table(answers))
+        return 0
     report = evaluate(model, n=args.n, depth=args.depth, ood_split=args.ood_split)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
@@ -159,9 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2),
                    help="decoding threads")
-    s.add_argument("--encoders", type=int, default=2,
-                   help="batches encoded at once (torch threads are shared out among them)")
+    s.add_argument("--encoders", type=int,
+                   help="batches encoded at once (torch threads are shared out among them; "
+                        "default 2); with --ray: encoder actors (default one per GPU, or 2)")
     s.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: FUSION_DEVICE, auto)")
+    s.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+                   help="decode and encode on a Ray cluster (needs the scale extra): auto "
+                        "joins the one this machine knows or starts a local one; or a Ray "
+                        "address (ray://head:10001). Put it after the paths")
     s.set_defaults(fn=_ingest)
 
     s = sub.add_parser("backup", help="copy a data dir (catalog + files), safe while serving")
@@ -203,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paraphrase", type=float,
                    help="share of stage-1 captions with surface noise (default 0.25)")
     s.add_argument("--plot", default="docs/training-loss.png")
+    s.add_argument("--only", help="ask,describe: train only the question-answering heads and "
+                   "the caption decoder on the existing backbone (models.train_ask)")
+    s.add_argument("--ask-steps", type=int, help="with --only: question-answering steps")
+    s.add_argument("--describe-steps", type=int, help="with --only: caption decoder steps")
     s.set_defaults(fn=_train)
 
     s = sub.add_parser("eval", help="retrieval metrics in distribution (the synthetic test "
@@ -220,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OOD split: ood-test to report, ood-val for choices made after training")
     s.add_argument("--json", action="store_true", help="the full report as JSON (default: a "
                                                        "table of every metric, both worlds)")
+    s.add_argument("--only", choices=["ask,describe", "ask", "describe"],
+                   help="evaluate the question-answering heads and the caption decoder instead "
+                        "(models.evaluate_ask; --n questions and images per world)")
+    s.add_argument("--ask-heads", help="question-answering heads (default: the bundled ones)")
+    s.add_argument("--describe-head", help="caption decoder (default: the bundled one)")
     s.set_defaults(fn=_eval)
 
     s = sub.add_parser("calibrate", help="fit the match head's temperature on the OOD "

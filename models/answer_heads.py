@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .describe_grammar import BOS, CAPTION_WORDS, EOS
-from .fusion import Batch, FusionBlock, PatchCoords, _at_eot
+from .fusion import Batch, FusionBlock, PatchCoords, _at_eot, factored_cross_attention
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,28 @@ class _PatchInput(nn.Module):
         return self.proj(tokens.to(self.proj.weight.dtype)) + self.pos + self.xy()
 
 
+class VQABlock(FusionBlock):
+    """A fusion block whose cross-attention always takes the factored form
+    (:func:`~models.fusion.factored_cross_attention`), in training too, so that several
+    questions about one image share its patch tokens: their token rows are queries of one
+    attention over that image (``group`` questions per image, in order), and a question's few
+    tokens are carried into the patches' width instead of every patch into the head's."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, image: torch.Tensor, pad: torch.Tensor,
+        need_weights: bool = False, group: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.ln_self(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        n, length, width = x.shape
+        q = self.ln_cross(x).reshape(n // group, group * length, width)
+        attended, weights = factored_cross_attention(self.cross_attn, q, self.ln_image(image),
+                                                     need_weights)
+        x = x + attended.reshape(n, length, width)
+        x = x + self.ff(self.ln_ff(x))
+        return x, weights.reshape(n, length, -1) if weights is not None else None
+
+
 class AttentionVQA(nn.Module):
     """Question tokens attend over patch tokens; a classifier reads the end-of-text token."""
 
@@ -60,25 +82,28 @@ class AttentionVQA(nn.Module):
         super().__init__()
         self.text_in = nn.Linear(cfg.text_width, cfg.width)
         self.image_in = _PatchInput(cfg.image_width, cfg.image_tokens, cfg.width)
-        self.blocks = nn.ModuleList(FusionBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(VQABlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.ln_out = nn.LayerNorm(cfg.width)
         self.classifier = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.GELU(),
                                         nn.Linear(cfg.width, cfg.answers))
 
-    def attend(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, b: Batch, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer logits (B, answers) and the first block's cross-attention of the end-of-text
-        token over the patches (B, T), where the question looks for what it names."""
+        token over the patches (B, T), where the question looks for what it names.
+
+        ``b.image_tokens`` holds one row per ``group`` consecutive questions.
+        """
         x = self.text_in(b.text_tokens)
         image = self.image_in(b.image_tokens)
         weights = torch.zeros(0)
         for i, block in enumerate(self.blocks):
-            x, w = block(x, image, b.text_mask, need_weights=i == 0)
+            x, w = block(x, image, b.text_mask, need_weights=i == 0, group=group)
             if w is not None:
                 weights = _at_eot(w, b.text_eot)
         return self.classifier(self.ln_out(_at_eot(x, b.text_eot))), weights
 
-    def forward(self, b: Batch) -> torch.Tensor:
-        return self.attend(b)[0]
+    def forward(self, b: Batch, group: int = 1) -> torch.Tensor:
+        return self.attend(b, group)[0]
 
 
 class EarlyVQA(nn.Module):
@@ -127,7 +152,11 @@ class AskHeads(nn.Module):
         self.temperature = 1.0
         self.heads = nn.ModuleDict({k: ASK_KINDS[k](cfg) for k in kinds})
 
-    def logits(self, kind: str, b: Batch) -> torch.Tensor:
+    def logits(self, kind: str, b: Batch, group: int = 1) -> torch.Tensor:
+        """(B, answers) logits of head ``kind``; ``group`` questions per row of patch tokens
+        (the pooled embeddings have one row per question)."""
+        if kind == SERVED_ASK:
+            return self.heads[kind](b, group)  # type: ignore[no-any-return]
         return self.heads[kind](b)  # type: ignore[no-any-return]
 
 
