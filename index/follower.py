@@ -3,7 +3,9 @@ of the other processes sharing its data dir, by applying the catalog's change lo
 ``interval`` seconds (``FUSION_FOLLOW_INTERVAL``).
 
 It polls, for either catalog backend: SQLite has no notifications, and the query (``seq`` above
-a number, on the primary key) costs well under a millisecond when nothing changed.
+a number, on the primary key) costs well under a millisecond when nothing changed. A catalog
+that can say when something changed (PostgreSQL's LISTEN/NOTIFY: ``wait_for_change``) wakes it
+at once instead; the interval then bounds the wait, so a lost notification costs one interval.
 """
 
 from __future__ import annotations
@@ -22,11 +24,20 @@ log = logging.getLogger(__name__)
 class Follower:
     """Calls ``step`` every ``interval`` seconds on its own thread until ``stop``."""
 
-    def __init__(self, step: Callable[[], int], interval: float) -> None:
-        """Raises ValueError for an interval that is not positive."""
+    def __init__(
+        self,
+        step: Callable[[], int],
+        interval: float,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        """``wait(timeout)``, when given, returns early when there may be something to apply.
+
+        Raises ValueError for an interval that is not positive.
+        """
         if interval <= 0:
             raise ValueError("the follow interval must be positive")
         self._step = step
+        self._wait = wait
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fusion-follower", daemon=True)
@@ -35,8 +46,20 @@ class Follower:
         """Start following."""
         self._thread.start()
 
+    def _pause(self) -> None:
+        if self._wait is not None:
+            try:
+                self._wait(self.interval)
+                return
+            except Exception as exc:  # e.g. the database is unreachable: poll meanwhile
+                log.debug("waiting for a change notification failed: %s", exc)
+        self._stop.wait(self.interval)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._pause()
+            if self._stop.is_set():
+                return
             try:
                 self._step()
             except IndexNotReady:  # the store closed under it

@@ -135,7 +135,9 @@ class Store:
             access.cleaned_up()
             with store._write_lock:
                 store._copy.load()
-            access.follow(store.catch_up, follow_interval)
+            # a catalog with change notifications (PostgreSQL) wakes the follower at once
+            access.follow(store.catch_up, follow_interval,
+                          getattr(catalog, "wait_for_change", None))
         except BaseException:
             access.close()
             if catalog is not None:

@@ -59,11 +59,16 @@ class DataDirAccess:
         """Hold the data dir's write turn (nothing to hold for a process alone)."""
         return self._writers.hold() if self._writers is not None else nullcontext()
 
-    def follow(self, step: Callable[[], int], interval: float) -> None:
-        """Call ``step`` every ``interval`` seconds on a thread until ``close`` (only when
-        shared: a process alone sees every write it makes)."""
+    def follow(
+        self,
+        step: Callable[[], int],
+        interval: float,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        """Call ``step`` every ``interval`` seconds (or when ``wait`` returns early) on a thread
+        until ``close``; only when shared: a process alone sees every write it makes."""
         if self.shared and self._follower is None:
-            self._follower = Follower(step, interval)
+            self._follower = Follower(step, interval, wait)
             self._follower.start()
 
     def stop_following(self) -> None:

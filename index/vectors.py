@@ -138,7 +138,10 @@ class VectorIndex:
             return keys
         with self._lock.read():
             stored = self._stored_ids()
-        return keys[~np.isin(keys, stored)]
+        # ids in the keys' range first: one linear pass, then a small set test (the keys are
+        # usually the newest ids of a large index)
+        near = stored[(stored >= keys.min()) & (stored <= keys.max())]
+        return keys[~np.isin(keys, near)]
 
     def _stored_ids(self) -> npt.NDArray[np.int64]:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
