@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from .common import Options
 
 BENCHMARKS = ("encode", "index", "http", "ingest", "memory", "runtimes")
+# run by name only, not by ``all``: several server processes, minutes of model loads
+EXTRA = ("replicas",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench options, shared by ``python -m bench.run`` and ``fusion-search bench``."""
-    p.add_argument("what", choices=[*BENCHMARKS, "all", "report"])
+    p.add_argument("what", choices=[*BENCHMARKS, *EXTRA, "all", "report"])
     p.add_argument("--quick", action="store_true",
                    help="CI-sized run (all: under two minutes); results go to bench/results/quick")
     p.add_argument("--out", help="results folder (default $FUSION_BENCH_OUT, else bench/results, "
@@ -31,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "for bench/results, <out>/benchmarks.md otherwise)")
     p.add_argument("--models", help="encode, runtimes: comma-separated model names")
     p.add_argument("--sizes", help="index: comma-separated collection sizes")
-    p.add_argument("--items", type=int, help="http: items in the served collection")
-    p.add_argument("--duration", type=float, help="http: seconds per load level")
+    p.add_argument("--items", type=int,
+                   help="http, replicas: items in the served collection")
+    p.add_argument("--duration", type=float,
+                   help="http: seconds per load level; replicas: per worker count")
     p.add_argument("--images", type=int, help="ingest: number of generated JPEGs")
     p.add_argument("--memory-items", help="memory: comma-separated collection sizes")
 
@@ -52,7 +56,7 @@ def command_line(args: argparse.Namespace, what: str) -> str:
         parts += ["--out", args.out]
     options = {"encode": ("models",), "index": ("sizes",), "http": ("items", "duration"),
                "ingest": ("images",), "memory": ("memory_items",),
-               "runtimes": ("models",)}[what]
+               "runtimes": ("models",), "replicas": ("items", "duration")}[what]
     for name in options:
         value = getattr(args, name)
         if value is not None:
@@ -88,6 +92,10 @@ def _run_one(what: str, opts: Options, args: argparse.Namespace) -> None:
         from . import runtimes
 
         runtimes.run(opts, models=args.models.split(",") if args.models else runtimes.MODELS)
+    elif what == "replicas":
+        from . import replicas
+
+        replicas.run(opts, items=args.items, duration=args.duration)
 
 
 def run(args: argparse.Namespace) -> int:
