@@ -24,15 +24,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch
 
+# /files: the image files volume that replicas share (docker-compose.scale.yml, FUSION_FILES_DIR)
 RUN useradd --create-home --uid 10001 fusion \
-    && mkdir -p /data /cache && chown fusion:fusion /data /cache
+    && mkdir -p /data /cache /files && chown fusion:fusion /data /cache /files
 
 # Dependencies first, in their own layer: a change to the code does not reinstall torch.
 # One resolver run for torch, torchvision and everything pyproject.toml names, so pillow (which
-# torchvision brings unpinned) lands once, inside the project's own range.
+# torchvision brings unpinned) lands once, inside the project's own range. The `postgres` extra
+# (psycopg, a few MB) too: FUSION_DATABASE_URL works in the image (docker-compose.scale.yml).
 COPY pyproject.toml /tmp/src/
 RUN python -c "import tomllib; p = tomllib.load(open('/tmp/src/pyproject.toml', 'rb')); \
-print('\n'.join(p['project']['dependencies'] + p['build-system']['requires']))" \
+print('\n'.join(p['project']['dependencies'] + p['project']['optional-dependencies']['postgres'] \
++ p['build-system']['requires']))" \
         > /tmp/requirements.txt \
     && PIP_EXTRA_INDEX_URL="${TORCH_INDEX} ${PIP_EXTRA_INDEX_URL:-}" \
         pip install "torch==2.14.1" "torchvision==0.29.1" -r /tmp/requirements.txt \
