@@ -28,7 +28,7 @@ from .answer_heads import SERVED_ASK, AskHeads
 from .describe_grammar import names_every_object, parse_caption
 from .retrieval import RetrievalModel
 from .synthetic.ood_questions import ood_ask_example, unseen_word_question
-from .synthetic.questions import ANSWERS, QTYPES, RELATION_QTYPES, TRAIN_WORDING, Question, question
+from .synthetic.questions import QTYPES, RELATION_QTYPES, TRAIN_WORDING, Question, question
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def answers(model: RetrievalModel, items: Sequence[AskItem], tokens: np.ndarray,
     probability on questions about unseen words."""
     heads = model.ask_heads
     assert heads is not None
-    target = np.array([ANSWERS.index(it.question.answer or "") for it in items])
+    target = np.array([heads.answers.index(it.question.answer or "") for it in items])
     rng = np.random.default_rng(unknown_seed)
     unknown = [unseen_word_question(it.scene, rng, it.heldout_wording).text for it in items]
     texts = [it.question.text for it in items]
@@ -202,7 +202,7 @@ def served_logits_ood_val(model: RetrievalModel, heads: AskHeads, n: int
         logits = head_logits(model, SERVED_ASK, tok, emb, [it.question.text for it in items])
     finally:
         model.ask_heads = previous
-    return logits, np.array([ANSWERS.index(it.question.answer or "") for it in items])
+    return logits, np.array([heads.answers.index(it.question.answer or "") for it in items])
 
 
 def format_answers_table(report: dict[str, Any]) -> str:
