@@ -7,7 +7,7 @@ PORT   ?= 8000
 DATA   ?= ./data
 test bench mutation: export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench wrk browser postgres clean mutation docker-test
+.PHONY: run test lint bench wrk browser postgres clean mutation docker-test scale-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ mutation: $(STAMP)
 # docker-compose where missing, starts an engine if none runs); FUSION_SKIP_DOCKER=1 skips it.
 docker-test:
 	scripts/docker-test.sh
+
+# docker-compose.scale.yml for real: PostgreSQL + 2 API replicas + nginx, upload and search
+# through nginx, one replica killed (in neither `make test` nor docker-test: docs/scaling.md).
+scale-test:
+	scripts/scale-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
