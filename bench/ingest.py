@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ def write_jpegs(folder: Path, n: int) -> int:
     return total
 
 
-def ingest_command(folder: Path, data: Path) -> tuple[float, str]:
-    """Wall seconds of ``fusion-search ingest folder --data data`` and its JSON summary line."""
-    cmd = [sys.executable, "-m", "app.cli", "ingest", str(folder), "--data", str(data)]
+def ingest_command(folder: Path, data: Path, extra: Sequence[str] = ()) -> tuple[float, str]:
+    """Wall seconds of ``fusion-search ingest folder --data data [extra...]`` and its JSON
+    summary line."""
+    cmd = [sys.executable, "-m", "app.cli", "ingest", str(folder), "--data", str(data), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           cwd=Path(__file__).resolve().parents[1],
