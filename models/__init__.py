@@ -4,6 +4,7 @@ from .encoder import DEFAULT_MODEL, RetrievalModel, load_model
 from .errors import (
     BadImage,
     FusionUnavailable,
+    HeadNotAvailable,
     ImageTooLarge,
     ModelError,
     ModelLoadError,
@@ -17,6 +18,7 @@ __all__ = [
     "BadImage",
     "DecodedImage",
     "FusionUnavailable",
+    "HeadNotAvailable",
     "ImageTooLarge",
     "ModelError",
     "ModelLoadError",
