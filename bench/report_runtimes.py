@@ -28,6 +28,13 @@ def runtimes(d: dict[str, Any]) -> str:
            f"{d['int8']['method']}, {d['int8']['weights']} weights, {d['int8']['activations']} "
            f"activations, {d['int8']['ops']} only, calibrated on {d['int8']['calibration']}.",
            ""]
+    m0 = d.get("machine", {})
+    load = (m0.get("loadavg_1_5_15") or [0.0])[0]
+    if load > (m0.get("cores") or 1):
+        out += [f"**Contended run**: load average {load} on {m0.get('cores')} cores of "
+                f"{m0.get('cpu')} when it was written (other work, a training run among it, had "
+                "most of the CPU). Every ratio is between rows of this run, but timings this "
+                "disturbed are noisy: read them as directions, not as this CPU's speed.", ""]
     rule = d["rule"]
     for m in d["models"]:
         out += [f"**{m['model']}** ({'bundled, trained' if m['trained'] else 'random weights'}"
