@@ -40,6 +40,7 @@ class Follower:
         self._wait = wait
         self.interval = interval
         self._stop = threading.Event()
+        self._failing = False  # log the first failure of a streak, not one every interval
         self._thread = threading.Thread(target=self._run, name="fusion-follower", daemon=True)
 
     def start(self) -> None:
@@ -64,8 +65,17 @@ class Follower:
                 self._step()
             except IndexNotReady:  # the store closed under it
                 return
-            except Exception:  # never let the thread die: the next poll tries again
-                log.exception("following the change log failed; retrying")
+            except Exception as exc:  # never let the thread die: the next poll tries again
+                if not self._failing:
+                    log.exception("following the change log failed; retrying every %.2f s",
+                                  self.interval)
+                else:
+                    log.debug("following the change log still fails: %s", exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("following the change log again")
+                self._failing = False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop and wait for the thread (a step in progress finishes). Idempotent."""
