@@ -12,7 +12,7 @@ function currentText() {
   return els.q.value.trim();
 }
 
-function drawHeatmap(canvas, grid, rows, cols) {
+export function drawHeatmap(canvas, grid, rows, cols) {
   const flat = grid.flat();
   let lo = Math.min(...flat);
   let hi = Math.max(...flat);

@@ -6,6 +6,7 @@ import "./image.js";
 import "./composed.js";
 import "./upload.js";
 import "./actions.js";
+import "./ask.js";
 import { sessionKey } from "./api.js";
 import { els } from "./dom.js";
 import { loadInfo } from "./info.js";

@@ -115,6 +115,8 @@ function card(item, rank) {
   li.querySelector('[data-action="reference"]').setAttribute("aria-label", `Use ${name} as reference`);
   li.querySelector('[data-action="explain"]').setAttribute("aria-label", `Why this hit: ${name}`);
   li.querySelector('[data-action="delete"]').setAttribute("aria-label", `Delete ${name}`);
+  li.querySelector('[data-action="describe"]').setAttribute("aria-label", `Describe ${name}`);
+  li.querySelector(".ask-form input").setAttribute("aria-label", `Question about ${name}`);
   li._item = item;
   return li;
 }
