@@ -57,8 +57,8 @@ class AskTrainConfig:
     pool: int = 24000  # training scenes: the encoder recipe's pool (cached in the work dir)
     images: int = 0  # use only the pool's first N scenes (0: all of them)
     randomise: float = 0.5  # share drawn with domain randomisation, as the encoder's recipe
-    ask_steps: int = 1200
-    describe_steps: int = 800
+    ask_steps: int = 1000
+    describe_steps: int = 600
     batch: int = 256  # questions per ask step (``group`` per image); captions per describe step
     group: int = 4
     describe_batch: int = 128
