@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from pg_support import PgCluster, require_cluster
 
+from index.catalog_changes import Change
 from index.catalog_factory import CatalogBackend, open_catalog
 from index.catalog_schema import NewItem
 from index.errors import BadQuery, DimensionMismatch, DuplicateContent, ItemNotFound
@@ -257,3 +259,55 @@ def test_another_models_vectors_are_refused(catalog: CatalogBackend) -> None:
     with pytest.raises(DimensionMismatch):
         catalog.check_model("m", DIM + 1)
     catalog.check_model("m", DIM)  # the same model is welcome
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    return pg_cluster.create_database()
+
+
+def test_postgres_notifies_a_waiting_reader_of_another_writer(pg_url: str) -> None:
+    from index.catalog_pg import PgCatalog
+
+    writer, reader = PgCatalog(pg_url), PgCatalog(pg_url)
+    try:
+        writer.check_model("m", DIM)
+        assert reader.wait_for_change(0.3) is False  # nothing written: it times out
+        woke: list[bool] = []
+        waiting = threading.Thread(target=lambda: woke.append(reader.wait_for_change(30)))
+        waiting.start()
+        time.sleep(0.5)  # the reader is listening by now
+        started = time.monotonic()
+        item = writer.add(row(1))
+        waiting.join(30)
+        assert woke == [True] and time.monotonic() - started < 10
+        assert reader.changes_since(0) == [Change(reader.last_seq(), item.id, "add")]
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_postgres_backup_is_a_sqlite_catalog_with_the_same_items(
+        pg_url: str, tmp_path: Path) -> None:
+    from index.catalog import Catalog
+    from index.catalog_pg import PgCatalog
+
+    source = PgCatalog(pg_url)
+    try:
+        source.check_model("m", DIM)
+        items = source.add_many([row(1, caption="a red circle", tags=("x",)), row(2), row(3)])
+        source.delete(items[1].id)
+        source.backup(tmp_path / "catalog.sqlite3")
+    finally:
+        source.close()
+    copy = Catalog(tmp_path / "catalog.sqlite3")
+    try:
+        assert copy.list(limit=10) == ([items[2], items[0]], 2)
+        assert [i for i, _ in copy.keyword_search("red circle", 5)] == [items[0].id]
+        np.testing.assert_array_equal(copy.tokens([items[0].id])[0], row(1).tokens)
+        assert copy.integrity_check() == "ok"
+        copy.check_model("m", DIM)  # the model record came along
+        with pytest.raises(DimensionMismatch):
+            copy.check_model("m", DIM + 1)
+    finally:
+        copy.close()
