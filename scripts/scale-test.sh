@@ -10,6 +10,7 @@
 # as the build cache).
 #
 # FUSION_SKIP_DOCKER=1 skips it explicitly; otherwise a machine without an engine fails here.
+# FUSION_SCALE_NO_BUILD=1 runs the images already there (FUSION_IMAGE: the API's) without building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -153,14 +154,22 @@ FUSION_PORT=$port
 FUSION_API_KEY=$key
 FUSION_PG_PASSWORD=$pgpass
 ENV
-log "building the images (API, PostgreSQL, nginx)"
-compose build >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "compose build failed"; }
+if [[ ${FUSION_SCALE_NO_BUILD:-} == 1 ]]; then
+    # the images as they are (made by an earlier run): a check of the compose file alone
+    for image in "$IMAGE" fusion-search-postgres:latest fusion-search-nginx:latest; do
+        docker image inspect "$image" >/dev/null 2>&1 || die "FUSION_SCALE_NO_BUILD=1 but $image is missing"
+    done
+    log "FUSION_SCALE_NO_BUILD=1: the images as they are, not rebuilt"
+else
+    log "building the images (API, PostgreSQL, nginx)"
+    compose build >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; die "compose build failed"; }
+fi
 timings[build]=$SECONDS
 
 # --- 4. up with two replicas --------------------------------------------------------------------
 volumes_before=$(docker volume ls -q | sort)
 compose_up=1
-compose up -d --scale api=2 >"$work/up.log" 2>&1 || { tail -30 "$work/up.log" >&2; die "compose up failed"; }
+compose up -d --no-build --scale api=2 >"$work/up.log" 2>&1 || { tail -30 "$work/up.log" >&2; die "compose up failed"; }
 mapfile -t replicas < <(compose ps -q api)
 ((${#replicas[@]} == 2)) || die "expected 2 api replicas, compose runs ${#replicas[@]}"
 published=$(docker port "$(compose ps -q nginx)" 8080/tcp)
