@@ -155,7 +155,7 @@ def train_ask_heads(clip: Any, tokenizer: Any, pool: ScenePool, feats: Features,
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         losses.append(float(per_head[SERVED_ASK].detach()))
-        bar.set_postfix({k: f"{float(v):.3f}" for k, v in per_head.items()})
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in per_head.items()})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.ask_steps:
             torch.save({"model": heads.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                         "losses": losses}, ckpt)

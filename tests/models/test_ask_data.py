@@ -99,11 +99,12 @@ def test_every_type_and_answer_in_the_vocabulary() -> None:
 
 
 def test_heldout_wording_shares_no_frame_with_training() -> None:
-    train = {f.split("{")[0] for fs in TRAIN_WORDING.frames.values() for f in fs}
-    held = {f.split("{")[0] for fs in HELDOUT_WORDING.frames.values() for f in fs}
+    train = {f for fs in TRAIN_WORDING.frames.values() for f in fs}
+    held = {f for fs in HELDOUT_WORDING.frames.values() for f in fs}
     assert not train & held
+    # no held-out question opens the way a training frame does (beyond "how many ...")
+    starts = tuple(p for p in (f.split("{")[0] for f in train) if len(p) > len("how many "))
     texts = [ood_ask_example("ood-val", i).question.text.lower() for i in range(1, 80, 2)]
-    starts = tuple(t for t in train if t)
     assert not [t for t in texts if t.startswith(starts)]
 
 
