@@ -27,24 +27,20 @@ import numpy as np
 import numpy.typing as npt
 
 from index.catalog import Item
-from index.catalog_factory import CatalogBackend, open_catalog
+from index.catalog_factory import CatalogBackend
 from index.choice import DEFAULT_THRESHOLDS, Thresholds, parse_bytes
 from index.errors import IndexNotReady, ItemNotFound, StoreError
 from index.files import FileStore
+from index.store_open import CATALOG_NAME, FILES_DIR, INDEX_DIR, SNAPSHOT_NAME, open_parts
 from index.store_search import vector_search
 from index.store_sharing import DataDirAccess
-from index.store_startup import clean_files
 from index.store_writes import add_batch, delete_item
 from index.uploads import Upload, clean_tags, new_row
 from index.vector_copy import VectorCopy
 from index.vectors import Hits, VectorIndex
 
-__all__ = ["Store", "Upload"]
+__all__ = ["CATALOG_NAME", "FILES_DIR", "INDEX_DIR", "SNAPSHOT_NAME", "Store", "Upload"]
 
-CATALOG_NAME = "catalog.sqlite3"
-FILES_DIR = "files"
-INDEX_DIR = "index"
-SNAPSHOT_NAME = "vectors.faiss"
 FOLLOW_INTERVAL_S = 0.2
 
 
@@ -115,34 +111,12 @@ class Store:
         budget = parse_bytes(memory_budget)
         if factory != "auto":
             VectorIndex.create(dim, factory)  # fail fast on a factory FAISS cannot build
-        data_dir = Path(data_dir)
-        files_path = Path(files_dir) if files_dir is not None else data_dir / FILES_DIR
-        for folder in (data_dir, files_path, data_dir / INDEX_DIR):
-            folder.mkdir(parents=True, exist_ok=True)
-        access = DataDirAccess(data_dir, data_dir / INDEX_DIR, shared)
-        catalog: CatalogBackend | None = None
-        try:
-            catalog = open_catalog(database_url or data_dir / CATALOG_NAME)
-            catalog.check_model(model_name, dim)
-            snapshot = data_dir / INDEX_DIR / SNAPSHOT_NAME
-            copy = VectorCopy(catalog, snapshot, dim, model_name, factory, budget,
-                              snapshot_every, thresholds, access.snapshot_lock)
-            store = cls(data_dir, catalog, FileStore(files_path), access, copy)
-            # nobody can be between writing a file and committing its row; files kept apart
-            # from the data dir may be other replicas' (their orphans stay: see docs/scaling.md)
-            if access.alone and files_dir is None:
-                clean_files(store._files, catalog, data_dir / INDEX_DIR)
-            access.cleaned_up()
-            with store._write_lock:
-                store._copy.load()
-            # a catalog with change notifications (PostgreSQL) wakes the follower at once
-            access.follow(store.catch_up, follow_interval,
-                          getattr(catalog, "wait_for_change", None))
-        except BaseException:
-            access.close()
-            if catalog is not None:
-                catalog.close()
-            raise
+        parts = open_parts(Path(data_dir), dim, model_name, factory, budget, snapshot_every,
+                           thresholds, shared, database_url, files_dir)
+        store = cls(Path(data_dir), parts.catalog, parts.files, parts.access, parts.copy)
+        # a catalog with change notifications (PostgreSQL) wakes the follower at once
+        parts.access.follow(store.catch_up, follow_interval,
+                            getattr(parts.catalog, "wait_for_change", None))
         return store
 
     # -- writes ------------------------------------------------------------------------------
