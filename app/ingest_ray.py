@@ -98,7 +98,7 @@ def hash_files(batch: Batch) -> Batch:
             errors.append("")
         except OSError as exc:
             digests.append("")
-            errors.append(str(exc))
+            errors.append(str(exc) or type(exc).__name__)  # never empty: empty means readable
     return {**batch, "sha256": np.array(digests), "error": np.array(errors)}
 
 
@@ -121,7 +121,7 @@ def decode_files(batch: Batch, max_pixels: int, reduce_to: tuple[int, int]) -> B
                        height=img.height, pixels=img.image.tobytes(),
                        pixel_w=img.image.width, pixel_h=img.image.height)
         except (OSError, BadImage) as exc:
-            row["error"] = str(exc)
+            row["error"] = str(exc) or type(exc).__name__
         for key, value in row.items():
             out[key].append(value)
     arrays = {k: np.array(v, dtype=object) for k, v in out.items()}
