@@ -1,6 +1,10 @@
 """Several server processes on one data dir: how long another process takes to see an upload
 (catch-up lag), and text searches per second with 1 and 2 uvicorn workers.
 
+- Store lag (no model, no HTTP, seconds to run): this process commits items one at a time, at
+  random moments, through a shared ``Store``; a second process holding the same data dir
+  records when its follower has applied each one. The mechanism's own lag: the follow interval
+  plus reading and applying the log. ``python -m bench.replicas --store-only``.
 - Lag: two `uvicorn` servers on one data dir; after each upload to one is answered, the other's
   ``/api/v1/info`` is read every few milliseconds until its vector count includes the upload
   (its follower applied the change log). Uploads alternate between the two. Reported p50/p99.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +56,63 @@ def _vectors(client: Any) -> int:
     resp = client.get("/api/v1/info")
     resp.raise_for_status()
     return int(resp.json()["vectors"])
+
+
+_FOLLOWER = """
+import json, sys, threading, time
+from pathlib import Path
+from index import Store
+store = Store.open(Path(sys.argv[1]), 16, "bench-lag", shared=True)
+seen, done = {}, threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("ready", flush=True)
+last = store.seq
+while not done.is_set():
+    if store.seq != last:
+        last = store.seq
+        seen[last] = time.time()
+    time.sleep(0.0005)
+store.close()
+print(json.dumps(seen), flush=True)
+"""
+
+
+def measure_store_lag(work: Path, items: int, seed: int = 0) -> dict[str, Any]:
+    """Seconds from a commit in this process to its application in another process's copy."""
+    import hashlib
+    import random
+
+    import numpy as np
+
+    from index import Store, Upload
+
+    data_dir = work / "data-store-lag"
+    rng, vecs = random.Random(seed), np.random.default_rng(seed)
+    with Store.open(data_dir, 16, "bench-lag", shared=True) as store:
+        follower = subprocess.Popen([sys.executable, "-c", _FOLLOWER, str(data_dir)], cwd=ROOT,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert follower.stdin is not None and follower.stdout is not None
+        assert follower.stdout.readline().strip() == "ready"
+        acked: dict[int, float] = {}
+        for i in range(items):
+            time.sleep(rng.uniform(0.02, 0.3))  # commits land at any phase of the polling
+            data = f"lag item {i}".encode()
+            vec = vecs.standard_normal(16).astype(np.float32)
+            upload = Upload(data=data, sha256=hashlib.sha256(data).hexdigest(), ext="png",
+                            content_type="image/png", embedding=vec / np.linalg.norm(vec))
+            store.add_many([upload])
+            acked[i + 1] = time.time()  # a fresh data dir: the i-th commit is seq i
+        time.sleep(1.0)
+        out, _ = follower.communicate("", timeout=120)
+    seen = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+    # the follower records the seq it reached; a step that applied several commits at once
+    # reached the last of them, and the earlier ones were applied at the same moment
+    lags = []
+    for seq, t in acked.items():
+        reached = min((s for s in seen if s >= seq), default=None)
+        assert reached is not None, f"seq {seq} never applied"
+        lags.append(seen[reached] - t)
+    return {"items": items, "follow_interval_s": 0.2, "lag": latency_stats(lags)}
 
 
 def measure_lag(work: Path, uploads: int, log: Path) -> dict[str, Any]:
@@ -146,15 +208,26 @@ def measure_throughput(work: Path, items: int, duration: float, log: Path) -> li
     return rows
 
 
+def run_store_lag(opts: Options) -> dict[str, Any]:
+    """The store-level lag alone; prints it and writes ``replicas-store.json``."""
+    with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
+        result = measure_store_lag(Path(tmp), 40 if opts.quick else 200)
+    print_table("store-level catch-up lag after a commit (ms)", [result["lag"]],
+                ["p50_ms", "p90_ms", "p99_ms", "mean_ms", "n"])
+    write_json(opts, "replicas-store", result)
+    return result
+
+
 def run(opts: Options, items: int | None = None, duration: float | None = None) -> dict[str, Any]:
-    """Both measurements; prints them and writes ``replicas.json``."""
+    """The store-level lag, the servers' lag and throughput; prints them and writes
+    ``replicas-store.json`` and ``replicas.json``."""
+    run_store_lag(opts)
     uploads = 10 if opts.quick else 60
     items = items or (300 if opts.quick else 5000)
     duration = duration or (4.0 if opts.quick else 20.0)
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
         work = Path(tmp)
-        log = opts.path("replicas-server.log")
-        log.write_bytes(b"")
+        log = work / "server.log"  # its tail is printed when a server does not start
         lag = measure_lag(work, uploads, log)
         rows = measure_throughput(work, items, duration, log)
     print_table("catch-up lag after an upload (ms)", [lag["lag"]],
@@ -176,11 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--items", type=int)
     p.add_argument("--duration", type=float)
+    p.add_argument("--store-only", action="store_true",
+                   help="only the store-level lag (no model, no servers): replicas-store.json")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = "python -m bench.replicas " + " ".join(argv if argv is not None else sys.argv[1:])
     opts = Options(quick=args.quick, out=resolve_out(args.out, args.quick), command=command)
-    run(opts, items=args.items, duration=args.duration)
+    if args.store_only:
+        run_store_lag(opts)
+    else:
+        run(opts, items=args.items, duration=args.duration)
     return 0
 
 
