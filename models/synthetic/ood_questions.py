@@ -47,7 +47,7 @@ HELDOUT_WORDING = Wording(
                           "what do you see {rel} the {r}?"),
         "relation_yesno": ("does the {r0} sit {rel} the {r1}?",
                            "would you say the {r0} is {rel} the {r1}?"),
-        "background": ("what colour is the backdrop?", "name the background colour.",
+        "background": ("the backdrop is which colour?", "name the background colour.",
                        "which colour is behind the shapes?"),
     },
     shape_words=SHAPE_WORDS,
