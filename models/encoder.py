@@ -17,6 +17,8 @@ import open_clip
 import torch
 from safetensors.torch import load_file
 
+from .answer_heads import AskHeads, CaptionDecoder
+from .ask import bundled_answer_heads, load_ask, load_describe
 from .device import resolve_device
 from .errors import ModelLoadError
 from .fusion import FusionConfig, FusionHeads
@@ -87,6 +89,16 @@ def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
     return heads.float()
 
 
+def _answer_heads(name: str, pretrained: str | None, backbone: Path, ask: str | None,
+                  describe: str | None) -> tuple[AskHeads | None, CaptionDecoder | None]:
+    """The ask and describe heads to serve: the files given, else the bundled ones when the
+    bundled backbone is in use."""
+    bundled = (bundled_answer_heads(WEIGHTS_DIR, name, backbone) if pretrained == str(backbone)
+               else (None, None))
+    return (load_ask(Path(ask)) if ask else bundled[0],
+            load_describe(Path(describe)) if describe else bundled[1])
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     pretrained: str | None = None,
@@ -98,6 +110,8 @@ def load_model(
     image_size: int | None = None,
     runtime: str = "torch",
     cache_dir: Path | None = None,
+    ask: str | None = None,
+    describe: str | None = None,
 ) -> RetrievalModel:
     """Load an open_clip model by name with optional weights and fusion heads.
 
@@ -117,6 +131,10 @@ def load_model(
         DeviceError: (a ModelLoadError) a malformed device or a GPU this machine lacks.
         ModelLoadError: also for a runtime that is not installed or cannot run this model
             (``auto`` falls back to torch instead, and says why).
+
+    ``ask`` and ``describe`` are question-answering and caption-decoder safetensors files
+    (``models.ask``); without them the bundled ones are used with the bundled backbone they
+    were trained on.
     """
     device = resolve_device(device)
     register_configs()
@@ -147,11 +165,15 @@ def load_model(
         text_dtype = quicker_text_dtype(clip, dtype)
         if text_dtype != dtype:
             why += "; the text tower stays fp32, faster for one short query at this width"
+    answer_heads = _answer_heads(name, pretrained, backbone, ask, describe)
+
     def build(dt: torch.dtype, text_dt: torch.dtype) -> RetrievalModel:
-        return RetrievalModel(
+        model = RetrievalModel(
             name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dt,
             text_dtype=text_dt, device=device, batch_size=batch_size, precision_reason=why,
         )
+        model.attach_answer_heads(*answer_heads)
+        return model
 
     if runtime == "torch":
         model = build(dtype, text_dtype)

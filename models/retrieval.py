@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
 from .fusion import Batch, FusionHeads
 from .runtimes import Engine, as_tensors, texts_feed
@@ -37,7 +38,7 @@ def _text_tower(clip: Any) -> torch.nn.ModuleList:
     return holder
 
 
-class RetrievalModel:
+class RetrievalModel(AnswerHeadsMixin):
     """A loaded dual encoder with its preprocessing, tokenizer and (optional) fusion heads."""
 
     def __init__(
@@ -147,6 +148,7 @@ class RetrievalModel:
             "image_size": list(self.image_size),
             "image_tokens": [self.num_image_tokens, self.image_token_width],
             "context_length": self.context_length,
+            **self.answer_info(),
         }
 
     # ---- preprocessing ------------------------------------------------------------------------
