@@ -242,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size other than the backbone config's (serve it with the same)")
     s.add_argument("--randomise", type=float,
                    help="share of training scenes and triplets drawn with domain randomisation "
-                   "(default 0.5; 0 turns it off)")
+                   "(default 0: off; docs/model-card.md has what 0.5 measured)")
     s.add_argument("--paraphrase", type=float,
-                   help="share of stage-1 captions with surface noise (default 0.25)")
+                   help="share of stage-1 captions with surface noise (default 0)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.add_argument("--only", help="ask,describe: train only the question-answering heads and "
                    "the caption decoder on the existing backbone (models.train_ask)")

@@ -179,7 +179,7 @@ def background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
         min(1.0, v * float(rng.uniform(0.85, 1.12))))) * 255
     style = BACKGROUND_STYLES[int(rng.choice(len(BACKGROUND_STYLES), p=_BG_P))]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    gain = np.ones((size, size), np.float32)
+    gain: np.ndarray = np.ones((size, size), np.float32)
     if style == "gradient":
         th = float(rng.uniform(0, 2 * np.pi))
         ramp = (xx - 0.5) * math.cos(th) + (yy - 0.5) * math.sin(th)

@@ -22,9 +22,9 @@ from models.synthetic.sampling import SCALE_RANGE
 from models.train import TrainConfig, render_pool
 
 
-def test_the_bundled_recipe_randomises_half_its_pool_deterministically(tmp_path: Path) -> None:
-    cfg = TrainConfig()
-    assert cfg.randomise == 0.5 and cfg.paraphrase == 0.25
+def test_randomised_pools_are_deterministic_and_apart_from_the_plain_one(tmp_path: Path) -> None:
+    cfg = TrainConfig()  # the bundled recipe leaves randomisation off (docs/model-card.md)
+    assert cfg.randomise == 0.0 and cfg.paraphrase == 0.0
     plain = render_pool(12, tmp_path, 32)
     ref = render_pool(12, tmp_path / "again", 32, randomise=0.0)
     assert np.array_equal(plain.pixels.numpy(), ref.pixels.numpy())
