@@ -74,6 +74,8 @@ if ((${#missing[@]})); then
         || { tail -5 "$work/apt.log" >&2; die "could not install ${missing[*]} with apt; set FUSION_SKIP_DOCKER=1 to skip"; }
 fi
 if command -v docker-compose >/dev/null; then compose_cmd=(docker-compose); else compose_cmd=(docker compose); fi
+# a busy engine takes more than docker-compose's default 60 s to create a container
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-300}
 compose() { "${compose_cmd[@]}" -p "$project" --env-file "$work/compose.env" -f docker-compose.scale.yml "$@"; }
 
 if docker info >/dev/null 2>&1; then
@@ -115,7 +117,7 @@ if ! have_image "$DEBIAN_IMAGE"; then
 fi
 log "base images: $BASE_IMAGE (API), $DEBIAN_IMAGE (PostgreSQL, nginx)"
 
-if ! curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
+if [[ ${FUSION_SCALE_NO_BUILD:-} != 1 ]] && ! curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
     # the local file:// indexes pip knows, served on loopback for the host-network build
     # (the same URLs as scripts/docker-test.sh, so the two share the image's layers)
     mkdir -p "$work/mirror"
