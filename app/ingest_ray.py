@@ -160,10 +160,21 @@ class ImageEncoder:
                 tokens = np.zeros((n, *tok.shape[1:]), np.float16)
                 tokens[ok] = tok
         out = {k: v for k, v in batch.items() if k not in ("pixels", "pixel_w", "pixel_h")}
-        out["embedding"] = emb
+        # raw bytes, not tensor columns: Ray Data's Arrow tensor arrays can fail to convert back
+        # to numpy when a batch spans blocks ("buffer is too small for requested array")
+        out["embedding"] = _rows_as_bytes(emb)
         if tokens is not None:
-            out["tokens"] = tokens
+            out["tokens"] = _rows_as_bytes(tokens)
+            out["tokens_rows"] = np.full(n, tokens.shape[1], np.int64)  # 1-d columns only
+            out["tokens_width"] = np.full(n, tokens.shape[2], np.int64)
         return out
+
+
+def _rows_as_bytes(arr: np.ndarray) -> np.ndarray:
+    out = np.empty(len(arr), dtype=object)
+    for i, row in enumerate(arr):
+        out[i] = np.ascontiguousarray(row).tobytes()
+    return out
 
 
 # ---- the driver ---------------------------------------------------------------------------------
@@ -316,8 +327,9 @@ def _uploads(encoded: Batch, caption: str | None, tag_list: list[str],
         yield Upload(
             data=bytes(encoded["data"][i]), sha256=str(encoded["sha256"][i]),
             ext=str(encoded["ext"][i]), content_type=str(encoded["content_type"][i]),
-            embedding=np.asarray(encoded["embedding"][i], np.float32),
-            tokens=None if tokens is None else np.asarray(tokens[i], np.float16),
+            embedding=np.frombuffer(bytes(encoded["embedding"][i]), np.float32).copy(),
+            tokens=None if tokens is None else np.frombuffer(bytes(tokens[i]), np.float16)
+            .reshape(int(encoded["tokens_rows"][i]), int(encoded["tokens_width"][i])).copy(),
             width=int(encoded["width"][i]), height=int(encoded["height"][i]),
             original_name=_safe_name(Path(str(path)).name),
             caption=caption or (str(encoded["title"][i]) or None), tags=tag_list)

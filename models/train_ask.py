@@ -260,11 +260,14 @@ def run_answer_heads(cfg: AskTrainConfig) -> dict[str, Any]:
         pool = ScenePool(pool.pixels[: cfg.images], pool.scenes[: cfg.images])
     feats = pool_features(clip, pool, work / f"features_{(digest or cfg.model)[:12]}_{cfg.pool}"
                           f"_dr{cfg.randomise:g}_{len(pool)}.pt")
+    # checkpoints per backbone: a run on another backbone must not resume these heads
+    ckdir = work / f"heads_{(digest or cfg.model)[:12]}"
+    ckdir.mkdir(parents=True, exist_ok=True)
     paths = answer_paths(Path(cfg.out), cfg.model)
     recipe = {k: v for k, v in asdict(cfg).items() if k != "losses"}
     written: dict[str, str] = {}
     if "ask" in cfg.only:
-        heads, losses = train_ask_heads(clip, tokenizer, pool, feats, cfg, work)
+        heads, losses = train_ask_heads(clip, tokenizer, pool, feats, cfg, ckdir)
         from .evaluate_ask import served_logits_ood_val  # evaluation code, only after training
         from .retrieval import RetrievalModel
 
@@ -281,7 +284,7 @@ def run_answer_heads(cfg: AskTrainConfig) -> dict[str, Any]:
         cfg.losses["ask"] = losses
         written["ask"] = str(paths["ask"])
     if "describe" in cfg.only:
-        dec, losses = train_describe_head(pool, feats, cfg, work)
+        dec, losses = train_describe_head(pool, feats, cfg, ckdir)
         _save(dec, paths["describe"], {
             "config": dec.cfg.to_dict(), "words": list(dec.words),
             "backbone": backbone if digest is None else Path(backbone).name,

@@ -105,7 +105,8 @@ def test_training_resumes_from_its_checkpoints(tiny_run) -> None:
     cfg, _ = tiny_run
     cfg.ask_steps, cfg.only = 3, ("ask",)
     run_answer_heads(cfg)
-    state = torch.load(Path(cfg.work_dir) / "ask.pt", weights_only=False)
+    (ckpt,) = Path(cfg.work_dir).glob("heads_*/ask.pt")  # one folder per backbone
+    state = torch.load(ckpt, weights_only=False)
     assert state["step"] == 3 and len(state["losses"]) == 3  # two from before, one new
     with pytest.raises(ValueError, match="--only takes ask, describe"):
         run_answer_heads(AskTrainConfig(only=("ask", "compose")))
