@@ -100,10 +100,11 @@ def test_corrupt_snapshot_is_rebuilt_from_sqlite(
 def test_snapshot_is_only_read_from_the_data_dir(
     pristine: tuple[Path, dict[int, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No setting can name another snapshot, index or catalog file: the data dir is the only path.
-    paths = [name for name, field in Settings.model_fields.items()
-             if field.annotation is Path or Path in get_args(field.annotation)]
-    assert paths == ["data_dir"]
+    # No setting can name another snapshot, index or catalog file: the data dir is the only path
+    # that holds them (the runtime cache holds exported ONNX graphs, the files dir image files).
+    paths = {name for name, field in Settings.model_fields.items()
+             if field.annotation is Path or Path in get_args(field.annotation)}
+    assert paths == {"data_dir", "runtime_cache", "files_dir"}
     suspicious = [n for n in Settings.model_fields
                   if any(w in n for w in ("snapshot_path", "index_path", "faiss", "catalog"))]
     assert not suspicious
