@@ -258,7 +258,7 @@ def _run(service: SearchService, settings: Any, plan: EncoderPlan,
             return report
         h, w = service.model.image_size
         ds = (ray.data.from_items(todo, override_num_blocks=max(1, len(todo) // batch))
-              .map_batches(decode_files, batch_size=batch, num_cpus=TASK_CPUS,
+              .map_batches(decode_files, batch_size=batch, num_cpus=TASK_CPUS,  # type: ignore[arg-type]
                            compute=ray.data.TaskPoolStrategy(size=plan.tasks),
                            fn_kwargs={"max_pixels": settings.max_pixels,
                                       "reduce_to": (w * DRAFT_MARGIN, h * DRAFT_MARGIN)})

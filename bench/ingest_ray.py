@@ -31,7 +31,7 @@ QUICK_IMAGES = 200
 def run(opts: Options, images: int | None = None) -> dict[str, Any]:
     n = images or (QUICK_IMAGES if opts.quick else FULL_IMAGES)
     work = Path(tempfile.mkdtemp(prefix="fusion-bench-ingest-ray-"))
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         folder, empty = work / "images", work / "empty"
         write_jpegs(folder, n)
