@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
     # the step counts and sizes left out keep TrainConfig's defaults: the recipe is stated once
     sizes = {k: getattr(args, k) for k in ("encoder_steps", "fusion_steps", "batch", "pool",
                                            "triplets", "threads", "image_size", "randomise",
-                                           "paraphrase")}
+                                           "paraphrase", "robust_steps", "robust_lr", "init")}
     cfg = TrainConfig(model=args.backbone, pretrained=args.pretrained, data=args.data,
                       out=args.out, work_dir=args.work_dir,
                       **{k: v for k, v in sizes.items() if v is not None})
@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0: off; docs/model-card.md has what 0.5 measured)")
     s.add_argument("--paraphrase", type=float,
                    help="share of stage-1 captions with surface noise (default 0)")
+    s.add_argument("--robust-steps", type=int,
+                   help="a curriculum: this many stage-1 steps more over the whole pool, "
+                   "randomised scenes and paraphrased captions included, after a plain stage 1")
+    s.add_argument("--robust-lr", type=float, help="peak learning rate of those steps")
+    s.add_argument("--init", help="start stage 1 from this backbone file (with --encoder-steps 0:"
+                   " run only the robust phase on it)")
     s.add_argument("--plot", default="docs/training-loss.png")
     s.add_argument("--only", help="ask,describe: train only the question-answering heads and "
                    "the caption decoder on the existing backbone (models.train_ask)")

@@ -132,7 +132,11 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
     else:
         pool = render_pool(cfg.pool, work, size, cfg.randomise)
         trip = render_triplets(cfg.triplets, work, size, cfg.randomise)
+        if cfg.init:
+            clip.load_state_dict(load_file(cfg.init))
         enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
+        if cfg.robust_steps:
+            enc_losses += train_encoder(clip, tokenizer, pool, cfg, work, robust=True)
         heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)
     paths = save_weights(clip, heads, cfg, Path(cfg.out))
     if plot is not None:

@@ -44,4 +44,11 @@ class TrainConfig:
     #                         scales, geometry, styles and backgrounds, then photometric noise
     paraphrase: float = 0.0  # share of stage-1 captions with surface noise (articles, word order,
     #                          a typo)
+    # a curriculum: after the plain stage 1 (which then draws only the pool's plain scenes),
+    # ``robust_steps`` more at ``robust_lr`` over the whole pool, randomised drawings and
+    # paraphrased captions included (models/train_encoder.py)
+    robust_steps: int = 0
+    robust_lr: float = 3e-4
+    init: str | None = None  # start stage 1 from this backbone (safetensors), e.g. to run only
+    #                          the robust phase on weights a plain stage 1 made
     losses: dict[str, list[float]] = field(default_factory=dict)

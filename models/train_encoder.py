@@ -55,13 +55,39 @@ def token_width(clip: Any, pixels: torch.Tensor) -> int:
     return width
 
 
+def _phase(pool: ScenePool, cfg: TrainConfig, robust: bool) -> tuple[int, float, str, bool]:
+    """Steps, peak learning rate, checkpoint name and whether only plain scenes are drawn, for
+    one stage-1 phase.
+
+    Without ``robust_steps`` there is one phase that samples the whole pool as rendered. With
+    it, a curriculum: the plain phase sees only the pool's plain scenes, and the robust phase
+    that follows (its own warm-up and cosine at ``robust_lr``) samples all of it, randomised
+    drawings and paraphrased captions included, so they widen the world once it is learnt
+    instead of competing with it from the first step."""
+    if not robust:
+        return cfg.encoder_steps, cfg.lr, "encoder.pt", bool(cfg.robust_steps)
+    return cfg.robust_steps, cfg.robust_lr, "encoder_robust.pt", False
+
+
+def _sample(pool: ScenePool, batch: int, plain_only: bool, rng: np.random.Generator
+            ) -> np.ndarray:
+    """A batch of pool indices, uniform over the pool or over its plain scenes."""
+    if plain_only and pool.randomised is not None:
+        return rng.choice(np.flatnonzero(~pool.randomised), batch, replace=False)
+    return rng.choice(len(pool), batch, replace=False)
+
+
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
-                  work: Path) -> list[float]:
+                  work: Path, robust: bool = False) -> list[float]:
     """Contrastive training of both towers with multi-positive targets and swapped captions.
 
     An auxiliary linear head predicts the scene graph's objects and background from the image
     embedding: dense supervision that teaches the small image tower colours and shapes sooner.
+    ``robust``: the curriculum's second phase (:func:`_phase`), resumable on its own.
     """
+    total, peak, ckpt_name, plain_only = _phase(pool, cfg, robust)
+    # captions get surface noise in the phase that sees randomised drawings (both, if one phase)
+    paraphrase = cfg.paraphrase if robust or not cfg.robust_steps else 0.0
     embed_dim = clip.text_projection.shape[1]
     n_cls = len(OBJECT_TYPES) + len(syn.BACKGROUNDS)
     aux = torch.nn.Linear(embed_dim, n_cls + 2 * len(LAYOUT_SLOTS))
@@ -71,8 +97,8 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
               + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
               + [(f"text_aux.{n}", p) for n, p in text_aux.named_parameters()]
               + [(f"obj_aux.{n}", p) for n, p in obj_aux.named_parameters()])
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
-    ckpt = work / "encoder.pt"
+    opt = make_optimizer(params, peak, cfg.weight_decay)
+    ckpt = work / ckpt_name
     start, losses = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
@@ -83,20 +109,26 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
             text_aux.load_state_dict(state["text_aux"])
             obj_aux.load_state_dict(state["obj_aux"])
             opt.load_state_dict(state["opt"])
-        log.info("resumed encoder training at step %d", start)
-    rng = np.random.default_rng([cfg.seed, start])
+        log.info("resumed encoder training (%s) at step %d", ckpt_name, start)
+    elif robust and (work / "encoder.pt").is_file():  # the plain phase's probes carry over
+        state = torch.load(work / "encoder.pt", weights_only=False)
+        if "obj_aux" in state:
+            aux.load_state_dict(state["aux"])
+            text_aux.load_state_dict(state["text_aux"])
+            obj_aux.load_state_dict(state["obj_aux"])
+    rng = np.random.default_rng([cfg.seed, start, int(robust)])
     clip.train()
-    bar = tqdm(range(start, cfg.encoder_steps), desc="stage 1: dual encoder", unit="step",
-               initial=start, total=cfg.encoder_steps)
+    desc = "stage 1b: robust" if robust else "stage 1: dual encoder"
+    bar = tqdm(range(start, total), desc=desc, unit="step", initial=start, total=total)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.encoder_steps, cfg.lr, cfg.warmup)
-        idx = rng.choice(len(pool), cfg.batch, replace=False)
+            g["lr"] = lr_at(step, total, peak, cfg.warmup)
+        idx = _sample(pool, cfg.batch, plain_only, rng)
         scenes = [pool.scenes[i] for i in idx]
         texts, claims, negs = [], [], []
         for s in scenes:
             text, claim = syn.caption(s, rng)
-            if cfg.paraphrase and rng.random() < cfg.paraphrase:
+            if paraphrase and rng.random() < paraphrase:
                 text = noisy_caption(text, rng)
             texts.append(text)
             claims.append(claim)
@@ -136,7 +168,7 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                         layout=f"{float(layout_loss.detach()):.3f}",
                         objects=f"{float(obj_loss.detach()):.3f}",
                         scale=f"{float(scale.detach()):.1f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.encoder_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             torch.save({"model": clip.state_dict(), "aux": aux.state_dict(),
                         "text_aux": text_aux.state_dict(), "obj_aux": obj_aux.state_dict(),
                         "opt": opt.state_dict(),
