@@ -22,7 +22,7 @@ from ..schemas import (
 )
 from ..service import SearchService
 from ..settings import Settings
-from .search import _json_body, _read_body, _validate
+from .bodies import json_body, read_body, validate_body
 
 NOT_AVAILABLE = {"model": ErrorResponse,
                  "description": "The model has no trained head for this (code not_available); "
@@ -48,10 +48,10 @@ async def _image_or_id(request: Request, service: SearchService, settings: Setti
                        form_only: bool, schema: type[AskRequest] | type[DescribeRequest],
                        ) -> tuple[Any, DecodedImage | None]:
     """The validated request and, for an upload, the decoded image (its image_id unused)."""
-    fields, upload = await _read_body(request, settings, form_only)
+    fields, upload = await read_body(request, settings, form_only)
     if upload is not None:
         fields.setdefault("image_id", 1)  # validated separately from the file
-    body = _validate(schema, fields)
+    body = validate_body(schema, fields)
     if upload is None:
         return body, None
     return body, await run_in_threadpool(service.decode, upload.data)
@@ -80,7 +80,7 @@ async def _describe(request: Request, service: SearchService, settings: Settings
                             probability=out["probability"])
 
 
-@router.post("/ask", response_model=AskResponse, openapi_extra=_json_body(AskRequest),
+@router.post("/ask", response_model=AskResponse, openapi_extra=json_body(AskRequest),
              summary="Ask a question about a stored image (visual question answering)")
 async def ask(request: Request, service: ServiceDep, settings: SettingsDep) -> AskResponse:
     return await _ask(request, service, settings, form_only=False)
@@ -95,7 +95,7 @@ async def ask_upload(request: Request, service: ServiceDep,
 
 
 @router.post("/describe", response_model=DescribeResponse,
-             openapi_extra=_json_body(DescribeRequest),
+             openapi_extra=json_body(DescribeRequest),
              summary="Describe a stored image: a generated caption")
 async def describe(request: Request, service: ServiceDep,
                    settings: SettingsDep) -> DescribeResponse:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
 
 from models import DecodedImage
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep
-from ..errors import ERROR_RESPONSES, ApiError
+from ..errors import ERROR_RESPONSES
 from ..ranking import CutOff
 from ..schemas import (
     MAX_QUERY_CHARS,
@@ -31,11 +28,11 @@ from ..schemas import (
 )
 from ..service import Results, ScoredHit, SearchService
 from ..settings import Settings
-from .images import file_url, read_upload
+from .bodies import json_body, read_body, validate_body
+from .images import file_url
 
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[ReadAuth])
 
-M = TypeVar("M", bound=BaseModel)
 Q = TypeVar("Q", ImageIdSearch, ComposedIdSearch)
 
 
@@ -82,60 +79,9 @@ def _multipart_schema(text_field: bool) -> dict[str, Any]:
             "additionalProperties": False}
 
 
-# One request content type per operation: client generators (openapi-python-client, among
-# others) cannot build an operation that takes JSON *or* a form. The JSON paths still accept a
-# multipart upload for curl and older callers, undocumented; the /upload paths take only a form.
-def _json_body(json_model: type[BaseModel]) -> dict[str, Any]:
-    # Inline: a $ref would dangle, since FastAPI only lists models that routes declare.
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_model.model_json_schema()}}}}
-
-
 def _form_body(text_field: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": _multipart_schema(text_field)}}}}
-
-
-def _validate(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
-        raise ApiError(422, "validation_error", "; ".join(msgs)) from exc
-
-
-async def _read_body(request: Request, settings: Settings,
-                     form_only: bool = False) -> tuple[dict[str, Any], Any]:
-    """JSON body, or multipart fields plus the uploaded file (decoded later)."""
-    ctype = request.headers.get("content-type", "")
-    if form_only and not ctype.startswith("multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"send multipart/form-data with the image as field 'file' (or JSON with "
-                       f"image_id to {request.url.path.removesuffix('/upload')})")
-    if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=16)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "no_file", "send the query image as multipart field 'file' "
-                                           "or JSON with image_id")
-        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-        if "tags" in fields:
-            fields["tags"] = [t.strip() for t in fields["tags"].split(",") if t.strip()]
-        if "k" in fields:  # form fields are text; the models take only JSON numbers for k
-            with contextlib.suppress(ValueError):
-                fields["k"] = int(fields["k"].strip())
-        data = await read_upload(upload, int(settings.max_upload_bytes))
-        return fields, data
-    if ctype.startswith("application/json") or not ctype:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise ApiError(400, "bad_json", "the body is not valid JSON") from exc
-        if not isinstance(body, dict):
-            raise ApiError(422, "validation_error", "the JSON body must be an object")
-        return body, None
-    raise ApiError(415, "unsupported_media_type",
-                   "send application/json or multipart/form-data")
 
 
 def _fusion(service: Any) -> str:
@@ -156,10 +102,10 @@ async def _search_by_image(
     schema: type[Q], search: Callable[[DecodedImage | None, int | None, Q], Results],
 ) -> SearchResponse:
     """Image and composed search: by a stored image id (JSON) or an uploaded file (form)."""
-    fields, upload = await _read_body(request, settings, form_only)
+    fields, upload = await read_body(request, settings, form_only)
     if upload is not None:
         fields.setdefault("image_id", 1)  # validated separately from the file
-    q = _validate(schema, fields)
+    q = validate_body(schema, fields)
     if upload is not None:
         image = await run_in_threadpool(service.decode, upload.data)
         results = await run_in_threadpool(search, image, None, q)
@@ -187,7 +133,7 @@ async def _composed_search(request: Request, service: SearchService, settings: S
 
 
 @router.post("/search/image", response_model=SearchResponse,
-             openapi_extra=_json_body(ImageIdSearch),
+             openapi_extra=json_body(ImageIdSearch),
              summary="Image -> image or image -> caption search, by stored image id")
 async def search_image(request: Request, service: ServiceDep,
                        settings: SettingsDep) -> SearchResponse:
@@ -203,7 +149,7 @@ async def search_image_upload(request: Request, service: ServiceDep,
 
 
 @router.post("/search/composed", response_model=SearchResponse,
-             openapi_extra=_json_body(ComposedIdSearch),
+             openapi_extra=json_body(ComposedIdSearch),
              summary="Stored image (by id) + modifying text -> image search")
 async def search_composed(request: Request, service: ServiceDep,
                           settings: SettingsDep) -> SearchResponse:
