@@ -15,28 +15,17 @@ cd "$(dirname "$0")/.."
 
 IMAGE=${FUSION_IMAGE:-fusion-search:latest}
 BASE_IMAGE=${FUSION_BASE_IMAGE:-python:3.11-slim}
-LOCAL_BASE=fusion-search-base:bookworm
-TORCH_INDEX=${FUSION_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 HEALTH_TIMEOUT=${FUSION_HEALTH_TIMEOUT:-180}
 
-log() { printf '[docker-test %4ss] %s\n' "$SECONDS" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# log/die, root or sudo, the engine, base image and wheel mirror: shared with scripts/scale-test.sh
+LOG_NAME=docker-test
+# shellcheck source=scripts/docker-lib.sh
+source scripts/docker-lib.sh
+docker_lib_init
 
-if [[ ${FUSION_SKIP_DOCKER:-} == 1 ]]; then
-    log "skipped: FUSION_SKIP_DOCKER=1"
-    exit 0
-fi
-
-# root runs commands as they are, anyone else through passwordless sudo (or not at all)
-if [[ $(id -u) == 0 ]]; then sudo_=()
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo_=(sudo -n)
-else sudo_=(false); fi
-as_root() { "${sudo_[@]}" "$@"; }
-
-work=$(mktemp -d /tmp/fusion-docker-test.XXXXXX)
 tag=dt$$
-containers=() volumes=() compose_up=0 mirror_pid='' dockerd_pid='' pip_extra='' pip_trusted=''
+compose_project=fusion-$tag compose_file=docker-compose.yml
+containers=() volumes=() compose_up=0
 declare -A timings=()
 
 cleanup() {
@@ -45,120 +34,26 @@ cleanup() {
     if ((${#containers[@]})); then docker rm -f -v "${containers[@]}" >/dev/null 2>&1; fi
     if ((compose_up)); then compose down -v --remove-orphans >/dev/null 2>&1; fi
     if ((${#volumes[@]})); then docker volume rm "${volumes[@]}" >/dev/null 2>&1; fi
-    if [[ -n $mirror_pid ]]; then kill "$mirror_pid" 2>/dev/null; wait "$mirror_pid" 2>/dev/null; fi
-    # images replaced by this build (the tagged ones stay: they are the next run's cache)
-    docker image prune -f --filter label=org.opencontainers.image.title=fusion-search >/dev/null 2>&1
-    if [[ -n $dockerd_pid ]]; then
-        log "stopping the engine this run started (pid $dockerd_pid)"
-        as_root kill -TERM "$dockerd_pid"
-        for _ in $(seq 60); do as_root kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
-    fi
-    rm -rf "$work"
+    cleanup_engine_side
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- 1. tools -------------------------------------------------------------------------------
-missing=()
-command -v dockerd >/dev/null || missing+=(docker.io)
-command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]} (Debian packages)"
-    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq "${missing[@]}"; } >"$work/apt.log" 2>&1 \
-        || { tail -5 "$work/apt.log" >&2; \
-             die "could not install ${missing[*]} with apt (root or passwordless sudo needed); set FUSION_SKIP_DOCKER=1 to skip this check on a machine without Docker"; }
-fi
-if command -v docker-compose >/dev/null; then compose_cmd=(docker-compose); else compose_cmd=(docker compose); fi
-compose() { "${compose_cmd[@]}" -p "fusion-$tag" --env-file "$work/compose.env" -f docker-compose.yml "$@"; }
+install_tools
 
 # --- 2. the engine --------------------------------------------------------------------------
-if docker info >/dev/null 2>&1; then
-    log "using the running Docker engine"
-elif [[ ${sudo_[0]:-} == false ]]; then
-    die "no Docker engine answers ($(docker info 2>&1 | grep -m1 -iE 'cannot|permission|error' || true)) and this user cannot start one (not root, no passwordless sudo). Set FUSION_SKIP_DOCKER=1 to skip explicitly."
-else
-    # No init system here: run dockerd ourselves. Without iptables (none in this sandbox) the
-    # containers have no route out, and published ports still work through docker-proxy.
-    for driver in overlay2 vfs; do
-        # started directly (not through a function, which would fork a subshell): $! is
-        # dockerd's own pid, or sudo's, which passes the TERM signal on
-        "${sudo_[@]}" dockerd --storage-driver="$driver" --iptables=false --ip-forward=false \
-            --ip-masq=false >"$work/dockerd.log" 2>&1 &
-        dockerd_pid=$!
-        for _ in $(seq 60); do
-            docker info >/dev/null 2>&1 && break
-            kill -0 "$dockerd_pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if docker info >/dev/null 2>&1; then
-            log "started dockerd (pid $dockerd_pid, storage driver $driver)"
-            break
-        fi
-        as_root kill "$dockerd_pid" 2>/dev/null || true
-        wait "$dockerd_pid" 2>/dev/null || true
-        dockerd_pid=''
-    done
-    if [[ -z $dockerd_pid ]]; then
-        tail -5 "$work/dockerd.log" >&2 || true
-        die "no Docker engine runs and dockerd could not be started (needs root, or passwordless sudo, and a kernel that allows overlay2 or vfs; log above). Set FUSION_SKIP_DOCKER=1 to skip explicitly."
-    fi
-fi
+start_engine
 timings[engine]=$SECONDS
 
 # --- 3. base image and torch wheels ---------------------------------------------------------
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    log "base image $BASE_IMAGE: present"
-elif [[ $BASE_IMAGE == python:3.11-slim ]] && docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
-    BASE_IMAGE=$LOCAL_BASE
-    log "base image: $LOCAL_BASE (made earlier: python:3.11-slim could not be pulled)"
-elif timeout 60 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
-    log "base image $BASE_IMAGE: pulled"
-elif [[ $BASE_IMAGE == python:3.11-slim ]]; then
-    log "python:3.11-slim cannot be pulled: making $LOCAL_BASE with debootstrap"
-    as_root scripts/make-base-image.sh "$LOCAL_BASE" >&2 || die "could not make the local base image"
-    BASE_IMAGE=$LOCAL_BASE
-else
-    die "base image $BASE_IMAGE cannot be pulled"
-fi
+pick_base_image BASE_IMAGE python:3.11-slim
 timings[base]=$SECONDS
 
-wanted_index=$TORCH_INDEX
-if curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
-    log "torch wheels: $TORCH_INDEX"
-else
-    # This machine's pip may know local mirrors (file:// indexes): serve them on loopback for the
-    # build (which runs on the host network), the one with torch as TORCH_INDEX.
-    mkdir -p "$work/mirror"
-    torch_url='' extra_urls=() n=0
-    for url in $(pip config list 2>/dev/null | sed -nE "s/^[^=]*index-url='(.*)'$/\1/p"); do
-        dir=${url#file://}
-        [[ $url == file://* && -d $dir ]] || continue
-        ln -s "$(dirname "$dir")" "$work/mirror/m$n"
-        served="http://127.0.0.1:PORT/m$n/$(basename "$dir")"
-        if [[ -z $torch_url && -d $dir/torch ]]; then torch_url=$served; else extra_urls+=("$served"); fi
-        n=$((n + 1))
-    done
-    if [[ -n $torch_url ]]; then
-        # A fixed port: the URLs are build arguments, so they are part of the layer cache key.
-        port=${FUSION_MIRROR_PORT:-38765}
-        if curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then
-            port=$(free_port)
-            log "port ${FUSION_MIRROR_PORT:-38765} is taken: mirror on $port (the torch layer will be rebuilt)"
-        fi
-        python3 -m http.server --bind 127.0.0.1 --directory "$work/mirror" "$port" \
-            >"$work/mirror.log" 2>&1 &
-        mirror_pid=$!
-        for _ in $(seq 40); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.25; done
-        TORCH_INDEX=${torch_url/PORT/$port} pip_extra=${extra_urls[*]//PORT/$port}
-        pip_trusted=127.0.0.1
-        log "torch wheels: $wanted_index unreachable; local mirror on 127.0.0.1:$port (pid $mirror_pid)"
-    else
-        TORCH_INDEX=https://pypi.org/simple
-        log "torch wheels: $wanted_index unreachable and no local mirror: PyPI's torch (CUDA build, several GB)"
-    fi
+if ! torch_wheels; then
+    log "torch wheels: $TORCH_INDEX unreachable and no local mirror: PyPI's torch (CUDA build, several GB)"
+    TORCH_INDEX=https://pypi.org/simple
 fi
 
 # The same four for `docker build` and compose's build (so that one finds the other's layers).
@@ -214,8 +109,6 @@ start_container() {  # host port -> $cid, a container on the test volume (remove
     containers+=("$cid")
 }
 
-json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
-
 search_red_circle() {  # port -> id of the first hit for "a red circle" among the test's tag
     curl -fsS -X POST "http://127.0.0.1:$1/api/v1/search/text" -H 'Content-Type: application/json' \
         -d '{"query": "a red circle", "k": 3, "tags": ["docker-test"]}' \
@@ -258,16 +151,7 @@ cport=$(free_port)
 # Only these settings (a .env in the checkout would otherwise apply): the build settings above
 # (so `up --build` finds every layer of the image just built in the cache), a free port, no
 # demo seeding.
-cat >"$work/compose.env" <<EOF
-FUSION_IMAGE=$IMAGE
-FUSION_BASE_IMAGE=$BASE_IMAGE
-FUSION_TORCH_INDEX=$TORCH_INDEX
-FUSION_PIP_EXTRA_INDEX_URL=$pip_extra
-FUSION_PIP_TRUSTED_HOST=$pip_trusted
-FUSION_BUILD_NETWORK=host
-FUSION_PORT=$cport
-FUSION_DEMO=false
-EOF
+{ build_env; echo "FUSION_PORT=$cport"; echo "FUSION_DEMO=false"; } >"$work/compose.env"
 compose_up=1
 compose up -d --build >"$work/compose.log" 2>&1 || { tail -30 "$work/compose.log" >&2; die "compose up --build failed"; }
 ccid=$(compose ps -q fusion-search)

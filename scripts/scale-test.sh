@@ -17,29 +17,18 @@ cd "$(dirname "$0")/.."
 IMAGE=${FUSION_IMAGE:-fusion-search:latest}
 BASE_IMAGE=${FUSION_BASE_IMAGE:-python:3.11-slim}
 DEBIAN_IMAGE=${FUSION_DEBIAN_IMAGE:-debian:bookworm-slim}
-LOCAL_BASE=fusion-search-base:bookworm
-TORCH_INDEX=${FUSION_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 HEALTH_TIMEOUT=${FUSION_HEALTH_TIMEOUT:-240}
 SEARCHES=${FUSION_SCALE_SEARCHES:-20}
 
-log() { printf '[scale-test %4ss] %s\n' "$SECONDS" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+# log/die, root or sudo, the engine, base images and wheel mirror: shared with scripts/docker-test.sh
+LOG_NAME=scale-test
+# shellcheck source=scripts/docker-lib.sh
+source scripts/docker-lib.sh
+docker_lib_init
 
-if [[ ${FUSION_SKIP_DOCKER:-} == 1 ]]; then
-    log "skipped: FUSION_SKIP_DOCKER=1"
-    exit 0
-fi
-
-if [[ $(id -u) == 0 ]]; then sudo_=()
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo_=(sudo -n)
-else sudo_=(false); fi
-as_root() { "${sudo_[@]}" "$@"; }
-
-work=$(mktemp -d /tmp/fusion-scale-test.XXXXXX)
 project=fusion-scale$$
-compose_up=0 mirror_pid='' dockerd_pid='' pip_extra='' pip_trusted=''
+compose_project=$project compose_file=docker-compose.scale.yml
+compose_up=0
 declare -A timings=()
 
 cleanup() {
@@ -49,113 +38,39 @@ cleanup() {
         ((rc == 0)) || compose logs --no-color --tail 20 >&2 2>/dev/null
         compose down -v --remove-orphans >/dev/null 2>&1
     fi
-    if [[ -n $mirror_pid ]]; then kill "$mirror_pid" 2>/dev/null; wait "$mirror_pid" 2>/dev/null; fi
-    docker image prune -f --filter label=org.opencontainers.image.title=fusion-search >/dev/null 2>&1
-    if [[ -n $dockerd_pid ]]; then
-        log "stopping the engine this run started (pid $dockerd_pid)"
-        as_root kill -TERM "$dockerd_pid"
-        for _ in $(seq 60); do as_root kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
-    fi
-    rm -rf "$work"
+    cleanup_engine_side
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- 1. tools and the engine (as scripts/docker-test.sh) ------------------------------------
-missing=()
-command -v dockerd >/dev/null || missing+=(docker.io)
-command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]} (Debian packages)"
-    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq "${missing[@]}"; } >"$work/apt.log" 2>&1 \
-        || { tail -5 "$work/apt.log" >&2; die "could not install ${missing[*]} with apt; set FUSION_SKIP_DOCKER=1 to skip"; }
-fi
-if command -v docker-compose >/dev/null; then compose_cmd=(docker-compose); else compose_cmd=(docker compose); fi
+# --- 1. tools and the engine ------------------------------------------------------------------
+install_tools
 # a busy engine takes more than docker-compose's default 60 s to create a container
 export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-300}
-compose() { "${compose_cmd[@]}" -p "$project" --env-file "$work/compose.env" -f docker-compose.scale.yml "$@"; }
-
-if docker info >/dev/null 2>&1; then
-    log "using the running Docker engine"
-elif [[ ${sudo_[0]:-} == false ]]; then
-    die "no Docker engine answers and this user cannot start one (not root, no passwordless sudo). Set FUSION_SKIP_DOCKER=1 to skip explicitly."
-else
-    for driver in overlay2 vfs; do
-        "${sudo_[@]}" dockerd --storage-driver="$driver" --iptables=false --ip-forward=false \
-            --ip-masq=false >"$work/dockerd.log" 2>&1 &
-        dockerd_pid=$!
-        for _ in $(seq 60); do
-            docker info >/dev/null 2>&1 && break
-            kill -0 "$dockerd_pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if docker info >/dev/null 2>&1; then log "started dockerd (pid $dockerd_pid, $driver)"; break; fi
-        as_root kill "$dockerd_pid" 2>/dev/null || true
-        wait "$dockerd_pid" 2>/dev/null || true
-        dockerd_pid=''
-    done
-    [[ -n $dockerd_pid ]] || { tail -5 "$work/dockerd.log" >&2; die "dockerd could not be started. Set FUSION_SKIP_DOCKER=1 to skip explicitly."; }
-fi
+start_engine
 timings[engine]=$SECONDS
 
 # --- 2. base images and torch wheels ----------------------------------------------------------
-have_image() { docker image inspect "$1" >/dev/null 2>&1 || timeout 60 docker pull -q "$1" >/dev/null 2>&1; }
-local_base() {  # -> the local bookworm image, made once with debootstrap
-    docker image inspect "$LOCAL_BASE" >/dev/null 2>&1 \
-        || as_root scripts/make-base-image.sh "$LOCAL_BASE" >&2 || die "could not make the local base image"
-}
-if ! have_image "$BASE_IMAGE"; then
-    [[ $BASE_IMAGE == python:3.11-slim ]] || die "base image $BASE_IMAGE cannot be pulled"
-    local_base; BASE_IMAGE=$LOCAL_BASE
-fi
-if ! have_image "$DEBIAN_IMAGE"; then
-    [[ $DEBIAN_IMAGE == debian:bookworm-slim ]] || die "base image $DEBIAN_IMAGE cannot be pulled"
-    local_base; DEBIAN_IMAGE=$LOCAL_BASE
-fi
+pick_base_image BASE_IMAGE python:3.11-slim
+pick_base_image DEBIAN_IMAGE debian:bookworm-slim
 log "base images: $BASE_IMAGE (API), $DEBIAN_IMAGE (PostgreSQL, nginx)"
 
-if [[ ${FUSION_SCALE_NO_BUILD:-} != 1 ]] && ! curl -fsS -m 10 -o /dev/null "$TORCH_INDEX/torch/" 2>/dev/null; then
-    # the local file:// indexes pip knows, served on loopback for the host-network build
-    # (the same URLs as scripts/docker-test.sh, so the two share the image's layers)
-    mkdir -p "$work/mirror"
-    torch_url='' extra_urls=() n=0
-    for url in $(pip config list 2>/dev/null | sed -nE "s/^[^=]*index-url='(.*)'$/\1/p"); do
-        dir=${url#file://}
-        [[ $url == file://* && -d $dir ]] || continue
-        ln -s "$(dirname "$dir")" "$work/mirror/m$n"
-        served="http://127.0.0.1:PORT/m$n/$(basename "$dir")"
-        if [[ -z $torch_url && -d $dir/torch ]]; then torch_url=$served; else extra_urls+=("$served"); fi
-        n=$((n + 1))
-    done
-    [[ -n $torch_url ]] || die "$TORCH_INDEX unreachable and no local wheel mirror has torch"
-    port=${FUSION_MIRROR_PORT:-38765}
-    if curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then port=$(free_port); fi
-    python3 -m http.server --bind 127.0.0.1 --directory "$work/mirror" "$port" >"$work/mirror.log" 2>&1 &
-    mirror_pid=$!
-    for _ in $(seq 80); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.25; done
-    TORCH_INDEX=${torch_url/PORT/$port} pip_extra=${extra_urls[*]//PORT/$port} pip_trusted=127.0.0.1
-    log "torch wheels: local mirror on 127.0.0.1:$port (pid $mirror_pid)"
+if [[ ${FUSION_SCALE_NO_BUILD:-} != 1 ]]; then
+    torch_wheels || die "$TORCH_INDEX unreachable and no local wheel mirror has torch"
 fi
 
 # --- 3. build ---------------------------------------------------------------------------------
 key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 pgpass=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 port=$(free_port)
-cat >"$work/compose.env" <<ENV
-FUSION_IMAGE=$IMAGE
-FUSION_BASE_IMAGE=$BASE_IMAGE
-FUSION_DEBIAN_IMAGE=$DEBIAN_IMAGE
-FUSION_TORCH_INDEX=$TORCH_INDEX
-FUSION_PIP_EXTRA_INDEX_URL=$pip_extra
-FUSION_PIP_TRUSTED_HOST=$pip_trusted
-FUSION_BUILD_NETWORK=host
-FUSION_PORT=$port
-FUSION_API_KEY=$key
-FUSION_PG_PASSWORD=$pgpass
-ENV
+{
+    build_env
+    echo "FUSION_DEBIAN_IMAGE=$DEBIAN_IMAGE"
+    echo "FUSION_PORT=$port"
+    echo "FUSION_API_KEY=$key"
+    echo "FUSION_PG_PASSWORD=$pgpass"
+} >"$work/compose.env"
 if [[ ${FUSION_SCALE_NO_BUILD:-} == 1 ]]; then
     # the images as they are (made by an earlier run): a check of the compose file alone
     for image in "$IMAGE" fusion-search-postgres:latest fusion-search-nginx:latest; do
