@@ -72,7 +72,9 @@ log "built $IMAGE ($size)"
 refusal() {  # expected text, docker run arguments... -> dies unless the start is refused with it
     local expected=$1 out rc=0
     shift
-    out=$(timeout 120 docker run --rm "$@" "$IMAGE" 2>&1) || rc=$?
+    # as long as a start may take (HEALTH_TIMEOUT): checking the settings imports torch (the
+    # FUSION_DEVICE check), which took 60-90 s on a loaded 2-core machine, over the 120 s it had
+    out=$(timeout "$HEALTH_TIMEOUT" docker run --rm "$@" "$IMAGE" 2>&1) || rc=$?
     [[ $rc == 2 && $out == *"$expected"* && $out != *Traceback* ]] \
         || { echo "$out" | tail -20 >&2; die "expected a refused start (status 2) saying '$expected', got status $rc"; }
 }
