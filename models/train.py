@@ -130,11 +130,16 @@ def run(cfg: TrainConfig, plot: Path | None = None) -> dict[str, Any]:
         enc_losses: list[float] = []
         heads, fus_losses = train_fusion_pairs(clip, tokenizer, Path(cfg.data), cfg, work)
     else:
-        pool = render_pool(cfg.pool, work, size, cfg.randomise)
-        trip = render_triplets(cfg.triplets, work, size, cfg.randomise)
         if cfg.init:
             clip.load_state_dict(load_file(cfg.init))
-        enc_losses = train_encoder(clip, tokenizer, pool, cfg, work) if cfg.encoder_steps else []
+        enc_losses = []
+        if cfg.encoder_steps:
+            # with the curriculum, the plain phase is the plain recipe: the plain pool only
+            first = render_pool(cfg.pool, work, size, 0.0 if cfg.robust_steps else cfg.randomise)
+            enc_losses = train_encoder(clip, tokenizer, first, cfg, work)
+            del first
+        pool = render_pool(cfg.pool, work, size, cfg.randomise)
+        trip = render_triplets(cfg.triplets, work, size, cfg.randomise)
         if cfg.robust_steps:
             enc_losses += train_encoder(clip, tokenizer, pool, cfg, work, robust=True)
         heads, fus_losses = train_fusion(clip, tokenizer, pool, trip, cfg, work)

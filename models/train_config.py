@@ -44,9 +44,9 @@ class TrainConfig:
     #                         scales, geometry, styles and backgrounds, then photometric noise
     paraphrase: float = 0.0  # share of stage-1 captions with surface noise (articles, word order,
     #                          a typo)
-    # a curriculum: after the plain stage 1 (which then draws only the pool's plain scenes),
-    # ``robust_steps`` more at ``robust_lr`` over the whole pool, randomised drawings and
-    # paraphrased captions included (models/train_encoder.py)
+    # a curriculum: after the plain stage 1 (on the plain pool), ``robust_steps`` more at
+    # ``robust_lr`` on the pool drawn with ``randomise``, captions paraphrased
+    # (models/train_encoder.py); stage 2 then trains on that pool too
     robust_steps: int = 0
     robust_lr: float = 3e-4
     init: str | None = None  # start stage 1 from this backbone (safetensors), e.g. to run only

@@ -22,11 +22,9 @@ from .synthetic.render_random import randomised_example, randomised_layout
 class ScenePool:
     """Pre-rendered training scenes as normalised tensors, plus their scene graphs."""
 
-    def __init__(self, pixels: torch.Tensor, scenes: list[syn.Scene],
-                 randomised: np.ndarray | None = None) -> None:
+    def __init__(self, pixels: torch.Tensor, scenes: list[syn.Scene]) -> None:
         self.pixels = pixels
         self.scenes = scenes
-        self.randomised = randomised  # bool per scene: drawn with domain randomisation
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -61,10 +59,6 @@ def _draw(scene: syn.Scene, i: int, size: int, salt: int = 0) -> tuple[Image.Ima
     return image, placed
 
 
-def _mask(n: int, randomise: float) -> np.ndarray | None:
-    return np.array([_randomised(i, randomise) for i in range(n)]) if randomise else None
-
-
 def _pool_scene(i: int, randomise: float) -> syn.Scene:
     scene = syn.example("train", i, size=8).scene
     if _randomised(i, randomise):
@@ -81,8 +75,7 @@ def render_pool(n: int, cache: Path, size: int, randomise: float = 0.0) -> Scene
                     else f"pool_{n}_{size}_dr{randomise:g}.npz")
     if path.is_file():
         arr = np.load(path)["pixels"]
-        return ScenePool(_normalise(arr), [_pool_scene(i, randomise) for i in range(n)],
-                         _mask(n, randomise))
+        return ScenePool(_normalise(arr), [_pool_scene(i, randomise) for i in range(n)])
     arr = np.zeros((n, size, size, 3), np.uint8)
     scenes = []
     for i in tqdm(range(n), desc="render scenes", unit="img"):
@@ -94,7 +87,7 @@ def render_pool(n: int, cache: Path, size: int, randomise: float = 0.0) -> Scene
         scenes.append(scene)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, pixels=arr)
-    return ScenePool(_normalise(arr), scenes, _mask(n, randomise))
+    return ScenePool(_normalise(arr), scenes)
 
 
 @dataclass

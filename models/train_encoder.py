@@ -55,26 +55,13 @@ def token_width(clip: Any, pixels: torch.Tensor) -> int:
     return width
 
 
-def _phase(pool: ScenePool, cfg: TrainConfig, robust: bool) -> tuple[int, float, str, bool]:
-    """Steps, peak learning rate, checkpoint name and whether only plain scenes are drawn, for
-    one stage-1 phase.
-
-    Without ``robust_steps`` there is one phase that samples the whole pool as rendered. With
-    it, a curriculum: the plain phase sees only the pool's plain scenes, and the robust phase
-    that follows (its own warm-up and cosine at ``robust_lr``) samples all of it, randomised
-    drawings and paraphrased captions included, so they widen the world once it is learnt
-    instead of competing with it from the first step."""
+def _phase(cfg: TrainConfig, robust: bool) -> tuple[int, float, str]:
+    """Steps, peak learning rate and checkpoint name of one stage-1 phase: the plain phase, or
+    the curriculum's robust phase that follows it (its own warm-up and cosine at
+    ``robust_lr``)."""
     if not robust:
-        return cfg.encoder_steps, cfg.lr, "encoder.pt", bool(cfg.robust_steps)
-    return cfg.robust_steps, cfg.robust_lr, "encoder_robust.pt", False
-
-
-def _sample(pool: ScenePool, batch: int, plain_only: bool, rng: np.random.Generator
-            ) -> np.ndarray:
-    """A batch of pool indices, uniform over the pool or over its plain scenes."""
-    if plain_only and pool.randomised is not None:
-        return rng.choice(np.flatnonzero(~pool.randomised), batch, replace=False)
-    return rng.choice(len(pool), batch, replace=False)
+        return cfg.encoder_steps, cfg.lr, "encoder.pt"
+    return cfg.robust_steps, cfg.robust_lr, "encoder_robust.pt"
 
 
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
@@ -83,9 +70,10 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
 
     An auxiliary linear head predicts the scene graph's objects and background from the image
     embedding: dense supervision that teaches the small image tower colours and shapes sooner.
-    ``robust``: the curriculum's second phase (:func:`_phase`), resumable on its own.
+    ``robust``: the curriculum's second phase (:func:`_phase`) on the randomised pool, after a
+    plain phase on the plain one; each resumes from its own checkpoint.
     """
-    total, peak, ckpt_name, plain_only = _phase(pool, cfg, robust)
+    total, peak, ckpt_name = _phase(cfg, robust)
     # captions get surface noise in the phase that sees randomised drawings (both, if one phase)
     paraphrase = cfg.paraphrase if robust or not cfg.robust_steps else 0.0
     embed_dim = clip.text_projection.shape[1]
@@ -116,14 +104,14 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
             aux.load_state_dict(state["aux"])
             text_aux.load_state_dict(state["text_aux"])
             obj_aux.load_state_dict(state["obj_aux"])
-    rng = np.random.default_rng([cfg.seed, start, int(robust)])
+    rng = np.random.default_rng([cfg.seed, start, 1] if robust else [cfg.seed, start])
     clip.train()
     desc = "stage 1b: robust" if robust else "stage 1: dual encoder"
     bar = tqdm(range(start, total), desc=desc, unit="step", initial=start, total=total)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, peak, cfg.warmup)
-        idx = _sample(pool, cfg.batch, plain_only, rng)
+        idx = rng.choice(len(pool), cfg.batch, replace=False)
         scenes = [pool.scenes[i] for i in idx]
         texts, claims, negs = [], [], []
         for s in scenes:

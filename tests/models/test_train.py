@@ -51,3 +51,35 @@ def test_train_command_keeps_the_recipe_defaults_it_is_not_given(tmp_path: Path)
     defaults = asdict(TrainConfig())
     for key in ("threads", "lr", "warmup", "object_weight"):  # not on the command line
         assert recipe[key] == defaults[key]
+
+
+def test_curriculum_runs_the_plain_phase_on_plain_scenes_then_the_robust_phase(
+        tmp_path: Path) -> None:
+    """`--robust-steps`: the plain phase trains on the plain pool, the robust phase continues
+    the same weights on the randomised pool (its own checkpoint, so each resumes on its own);
+    `--init` with no plain steps runs the robust phase on a backbone file alone."""
+    work = tmp_path / "work"
+    common = dict(pool=96, triplets=48, batch=16, warmup=2, fusion_steps=1, randomise=0.5,
+                  paraphrase=0.5, checkpoint_every=100)
+    result = run(TrainConfig(encoder_steps=3, robust_steps=4, work_dir=str(work),
+                             out=str(tmp_path / "w1"), **common))  # type: ignore[arg-type]
+    assert len(result["encoder_loss"]) == 3 + 4
+    # both pools were rendered: the plain one for the plain phase, the randomised one after
+    assert (work / "pool_96_64.npz").is_file() and (work / "pool_96_64_dr0.5.npz").is_file()
+    import torch
+    plain = torch.load(work / "encoder.pt", weights_only=False)
+    robust = torch.load(work / "encoder_robust.pt", weights_only=False)
+    assert (plain["step"], robust["step"]) == (3, 4)
+    key = "visual.conv1.weight"
+    assert not torch.equal(plain["model"][key], robust["model"][key])  # it went on training
+    recipe = json.loads((tmp_path / "w1" / "fusion-tiny.fusion.json").read_text())["recipe"]
+    assert (recipe["robust_steps"], recipe["randomise"]) == (4, 0.5)
+
+    # the robust phase alone, from the backbone the first run wrote
+    again = run(TrainConfig(encoder_steps=0, robust_steps=2, init=result["backbone"],
+                            work_dir=str(tmp_path / "work2"), out=str(tmp_path / "w2"),
+                            **common))  # type: ignore[arg-type]
+    assert len(again["encoder_loss"]) == 2
+    assert not (tmp_path / "work2" / "pool_96_64.npz").exists()  # no plain phase, no plain pool
+    m = load_model("fusion-tiny", pretrained=again["backbone"], fusion=again["fusion"])
+    assert m.trained and m.encode_texts(["a red circle"]).shape == (1, 128)
