@@ -241,13 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int,
                    help="input size other than the backbone config's (serve it with the same)")
     s.add_argument("--randomise", type=float,
-                   help="share of training scenes and triplets drawn with domain randomisation "
-                   "(default 0: off; docs/model-card.md has what 0.5 measured)")
+                   help="share of the robust phase's scenes and of the triplets drawn with "
+                   "domain randomisation (default 0.3; docs/model-card.md)")
     s.add_argument("--paraphrase", type=float,
-                   help="share of stage-1 captions with surface noise (default 0)")
+                   help="share of the robust phase's captions with surface noise (default 0.25)")
     s.add_argument("--robust-steps", type=int,
-                   help="a curriculum: this many stage-1 steps more over the whole pool, "
-                   "randomised scenes and paraphrased captions included, after a plain stage 1")
+                   help="the curriculum's second stage-1 phase: this many steps over the "
+                   "randomised pool after the plain phase (default 1200; 0: plain recipe only)")
     s.add_argument("--robust-lr", type=float, help="peak learning rate of those steps")
     s.add_argument("--init", help="start stage 1 from this backbone file (with --encoder-steps 0:"
                    " run only the robust phase on it)")

@@ -124,12 +124,13 @@ def _allowed(color: str, shape: str) -> bool:
 
 
 def build_world() -> World:
-    """78 scenes: 12 relation-twin pairs, 4 references with 5 modifications each, and the
+    """Scenes: 17 relation-twin pairs (the 17th one the bundled dual encoder ranks the wrong
+    way round), 4 references with 5 modifications each, and the
     allowed one-object (colour, shape) pairs whose captions clash with none of those."""
     world = World()
     rng = np.random.default_rng(2026)
     used: set[frozenset[tuple[str, str]]] = set()
-    while len(world.pairs) < 12:
+    while len(world.pairs) < 17:
         c1, c2 = (str(c) for c in rng.choice(syn.COLORS, 2, replace=False))
         s1, s2 = (str(s) for s in rng.choice(syn.SHAPES, 2, replace=False))
         objs = frozenset({(c1, s1), (c2, s2)})

