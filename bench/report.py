@@ -7,8 +7,9 @@ one line: "goal met", or how far the measured figure is from it.
 
 This module loads the files and writes the page (header, reproduce, machine line); the cells are
 formatted in ``report_cells``, looked up in ``report_lookups``, the goals judged in
-``report_goals`` and the per-benchmark sections written in ``report_sections``. Their public
-names stay importable from here.
+``report_goals`` and the per-benchmark sections written in ``report_sections``; the Scale-out
+section and its goal lines (replicas, Ray ingest, catalog writes) in ``report_scaling``. Their
+public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from .report_goals import (
     memory_goals,
 )
 from .report_lookups import Results, at_recall, client_comparison, hnsw_pair, micro_batching
+from .report_scaling import FILES as SCALING_FILES
+from .report_scaling import REPRODUCE as SCALING_REPRODUCE
+from .report_scaling import TITLE as SCALING_TITLE
+from .report_scaling import scaling, scaling_goals
 from .report_sections import SECTIONS, encode, http, index, ingest, memory
 
 __all__ = [
@@ -46,7 +51,7 @@ __all__ = [
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"
-NAMES = ("encode", "index", "http", "ingest", "memory", "runtimes")
+NAMES = ("encode", "index", "http", "ingest", "memory", "runtimes", *SCALING_FILES)
 
 
 def default_doc(out: Path) -> Path:
@@ -120,6 +125,9 @@ def render(res: Results, folder: Path, doc: Path) -> str:
             "fusion-search bench report       # only rewrite this page from bench/results/",
             "fusion-search bench all --quick  # CI-sized smoke run (under two minutes), "
             f"results and page in {repo_path(QUICK_DIR)}/",
+            "# the scale-out figures, not part of `all` (several servers, a Ray cluster, a "
+            "PostgreSQL cluster); then `fusion-search bench report`",
+            *SCALING_REPRODUCE,
             "```", ""]
     if res:
         out += ["The commands that wrote the files this page reads:", "", "```sh",
@@ -138,7 +146,7 @@ def render(res: Results, folder: Path, doc: Path) -> str:
                 "machine had it.", ""]
     else:
         out += [f"{NOT_MEASURED}: no result files in `{rel}/`.", ""]
-    judged = goals(res)
+    judged = [*goals(res), *scaling_goals(res)]
     out += ["## Goals", "",
             table([[g.area, g.goal, g.measured, g.verdict] for g in judged],
                   ["area", "goal", "measured (same run)", "verdict"]), ""]
@@ -155,6 +163,7 @@ def render(res: Results, folder: Path, doc: Path) -> str:
             continue
         out += ["```sh", bench_command(d), "```", "", figure(name, folder, doc, alt), "",
                 render_one(d), ""]
+    out += [f"## {SCALING_TITLE}", "", scaling(res, rel), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
