@@ -164,7 +164,7 @@ class TextSearch(_SearchBase):
         "a syntax error is a 400")
     min_match: float | None = Field(
         None, ge=0.0, le=1.0, description="leave out hits whose attention-fusion match "
-        "probability is under this (the web page hides hits under 0.3, the threshold chosen "
+        "probability is under this (the web page hides hits under 0.275, the threshold chosen "
         "on the OOD val split in docs/search-quality.md)")
     min_score: float | None = Field(
         None, ge=-1.0, le=1.0, description="leave out hits whose cosine is under this")

@@ -7,7 +7,7 @@ import { state } from "./state.js";
 // Hits under this match probability are hidden behind "show weaker matches": the threshold
 // with the best F1 of kept hits on the OOD val split (docs/search-quality.md); re-measure it
 // (python -m bench.quality_search cutoff) when the match head or its calibration changes.
-export const MIN_MATCH = 0.3;
+export const MIN_MATCH = 0.275;
 
 export function tagList(raw) {
   const out = [];
