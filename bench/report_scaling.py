@@ -71,10 +71,11 @@ def _lag_row(level: str, how: str, stats: dict[str, Any] | None) -> list[object]
 
 def lag(res: Results, rel: str) -> str:
     store, http = res.get("replicas-store"), res.get("replicas")
-    out = ["### Replica catch-up lag", "",
-           *_head(res, ("replicas-store", "replicas"), rel),
-           "Milliseconds from an acknowledged write in one process to another process's FAISS "
-           "view holding it (its follower applied the change log).", ""]
+    out = ["### Replica catch-up lag", "", *_head(res, ("replicas-store", "replicas"), rel)]
+    if store is None and http is None:
+        return "\n".join(out).rstrip()
+    out += ["Milliseconds from an acknowledged write in one process to another process's FAISS "
+            "view holding it (its follower applied the change log).", ""]
     rows = [
         _lag_row("store", "a commit through `Store.add_many` at a random moment; a second "
                  "process's follower" + (f" (polling every {store['follow_interval_s']:g} s)"
@@ -161,7 +162,7 @@ def catalog(res: Results, rel: str) -> str:
     out += [f"Rows of a ViT-B-32-sized item ({row['dim']}-d float32 embedding, "
             f"{'×'.join(str(x) for x in row['tokens'])} float16 patch tokens) through the "
             f"catalog's `add_many`, one transaction per batch; each writer thread holds its own "
-            "catalog. SQLite: {d['sqlite']}; "
+            f"catalog. SQLite: {d['sqlite']}; "
             f"PostgreSQL: {d['postgres']}; both durable on commit, same disk.", "",
             table(_pivot(d), ["rows per transaction", "writers", "rows", "SQLite rows/s",
                               "PostgreSQL rows/s", "PostgreSQL/SQLite",
@@ -171,7 +172,7 @@ def catalog(res: Results, rel: str) -> str:
 
 def scaling(res: Results, rel: str) -> str:
     """The whole section (without its ``##`` title) from the results loaded from ``rel``."""
-    intro = ("Several processes over one catalog ([scaling.md](scaling.md)): how soon another "
+    intro = ("Several processes over one catalog (`docs/scaling.md`): how soon another "
              "process sees a write, what a second worker adds, Ray against one process, and "
              "the two catalog backends' write rates. Every ratio is between rows of one file.")
     return "\n\n".join([intro, lag(res, rel), workers(res, rel), ray(res, rel),
