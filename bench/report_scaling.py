@@ -42,8 +42,9 @@ def written(name: str, d: dict[str, Any]) -> str:
     cores = m.get("cores") or 1
     busy = ""
     if load and load[0] > cores:
-        busy = (f" **Contended**: a 1-minute load above the {cores} cores means other work "
-                "shared them; read the figures as directions, compare only within the run.")
+        busy = (f" **Contended**: a 1-minute load above the {cores} cores, more runnable "
+                "processes than cores (other work, or the benchmark's own servers, workers and "
+                "clients); read the figures as directions, compare only within the file.")
     return (f"`{name}.json`: {'quick' if d['quick'] else 'full'} run, written "
             f"{m['date_utc']} on CPU **{m['cpu']}** ({flag_text}), {m['cores']} cores; load "
             f"average {' / '.join(str(x) for x in load) or 'not recorded'} (1/5/15 min) when "
@@ -53,7 +54,8 @@ def written(name: str, d: dict[str, Any]) -> str:
 def _head(res: Results, names: tuple[str, ...], rel: str) -> list[str]:
     """The commands that wrote ``names`` and their machine lines; "not measured" for a file
     that is missing."""
-    cmds = [bench_command(res[n]) for n in names if n in res]
+    # `fusion-search bench replicas` writes two files: its command once
+    cmds = list(dict.fromkeys(bench_command(res[n]) for n in names if n in res))
     out = ["```sh", *cmds, "```", ""] if cmds else []
     for n in names:
         out.append(written(n, res[n]) if n in res else
@@ -133,7 +135,13 @@ def ray(res: Results, rel: str) -> str:
             "data dir (nothing to add).", "",
             table(_ray_rows(d), ["mode", "images", "wall s", "start-up s", "img/s end to end",
                                  "img/s after start-up", "x single end to end",
-                                 "x single after start-up", "re-run s"])]
+                                 "x single after start-up", "re-run s"]), ""]
+    if any(r.get("steady_images_per_s") is None for r in d["runs"]):
+        out += ["– after start-up: the start-up measured apart took as long as the whole run "
+                "(a disturbed machine); only the end-to-end rate stands.", ""]
+    out.append("Summary lines: " + "; ".join(
+        f"{r['mode']} `{r.get('summary')}`, re-run `{r.get('rerun_summary')}`"
+        for r in d["runs"]) + ".")
     return "\n".join(out)
 
 

@@ -150,3 +150,20 @@ def test_one_backend_missing_in_a_catalog_file_reads_not_measured(tmp_path: Path
     only_sqlite = {**CATALOG, "scenarios": CATALOG["scenarios"][:2]}
     section = _section(_page(tmp_path, {"catalog-writes": only_sqlite}))
     assert "| 1 | 1 | 1024 | 100 | not measured | – |" in section
+
+
+def test_one_command_that_wrote_both_replica_files_is_shown_once(tmp_path: Path) -> None:
+    command = "fusion-search bench replicas --quick --out /tmp/x"
+    res = {"replicas-store": {**STORE, "run": {**STORE["run"], "command": command}},
+           "replicas": {**REPLICAS, "run": {**REPLICAS["run"], "command": command}}}
+    lag = _section(_page(tmp_path, res)).split("### Search with", 1)[0]
+    assert lag.count(f"\n{command}\n") == 1
+
+
+def test_ray_rate_after_start_up_is_blank_when_start_up_outlasted_the_run(tmp_path: Path) -> None:
+    runs = [{**RAY["runs"][0], "startup_s": 45.0, "steady_images_per_s": None,
+             "summary": '{"added": 2000, "already_present": 0, "bad": 0}'}, RAY["runs"][1]]
+    section = _section(_page(tmp_path, {"ingest_ray": {**RAY, "runs": runs}}))
+    assert _rows(section, "single process")[0][3:8] == ["45.0", "50.0", "–", "1.00×", "–"]
+    assert _rows(section, "ray (local cluster)")[0][6:8] == ["0.50×", "–"]
+    assert 'single process `{"added": 2000, "already_present": 0, "bad": 0}`' in section
