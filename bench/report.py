@@ -36,6 +36,7 @@ from .report_goals import (
     memory_goals,
 )
 from .report_lookups import Results, at_recall, client_comparison, hnsw_pair, micro_batching
+from .report_runtimes import runtimes_goals
 from .report_scaling import FILES as SCALING_FILES
 from .report_scaling import REPRODUCE as SCALING_REPRODUCE
 from .report_scaling import TITLE as SCALING_TITLE
@@ -146,7 +147,7 @@ def render(res: Results, folder: Path, doc: Path) -> str:
                 "machine had it.", ""]
     else:
         out += [f"{NOT_MEASURED}: no result files in `{rel}/`.", ""]
-    judged = [*goals(res), *scaling_goals(res)]
+    judged = [*goals(res), *runtimes_goals(res.get("runtimes")), *scaling_goals(res)]
     out += ["## Goals", "",
             table([[g.area, g.goal, g.measured, g.verdict] for g in judged],
                   ["area", "goal", "measured (same run)", "verdict"]), ""]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report_cells import cell, table, times
+from .report_cells import NOT_MEASURED, cell, table, times
+from .report_goals import Goal, _short, _verdict
 
 
 def _x(row: dict[str, Any], key: str) -> str:
@@ -69,3 +70,35 @@ def runtimes(d: dict[str, Any]) -> str:
                "page; int8 is measured here and not chosen by the probe, whose seconds cannot "
                "hold an R@1 check.")
     return "\n".join(out)
+
+
+def runtimes_goals(d: dict[str, Any] | None) -> list[Goal]:
+    """The encode goals judged again on the runtime ``FUSION_RUNTIME=auto`` picks on this CPU
+    (the goals of the performance issue, round two: with ONNX Runtime and OpenVINO in play)."""
+    area = "runtimes, ViT-B-32"
+    g_img = ("images ≥3× the plain fp32 open_clip loop, on the runtime `FUSION_RUNTIME=auto` "
+             "picks, cosine ≥0.999")
+    g_q = "one short text query ≥5× faster than the plain call, on that runtime, cosine ≥0.999"
+    m = next((m for m in (d or {}).get("models", []) if m["model"] == "ViT-B-32"), None)
+    if d is None or m is None:
+        return [Goal(area, g_img, NOT_MEASURED, NOT_MEASURED),
+                Goal(area, g_q, NOT_MEASURED, NOT_MEASURED)]
+    rows = {r["variant"]: r for r in m["rows"] if "skipped" not in r}
+    plain = rows["plain open_clip fp32"]
+    pick = m["auto"]["pick"]
+    r = rows.get(pick) or next(v for k, v in rows.items() if k.startswith("torch auto"))
+    cos = min(r["image_cosine"], r["text_cosine"])
+    min_cos = d["rule"]["min_cosine"]
+    img_x = r["images_per_s"] / plain["images_per_s"]
+    q_x = plain["query_p50_ms"] / r["query_p50_ms"]
+    out = []
+    for goal, x, target, figures in (
+            (g_img, img_x, 3.0, f"{r['images_per_s']:.1f} against {plain['images_per_s']:.1f} "
+                                "images/s"),
+            (g_q, q_x, 5.0, f"p50 {r['query_p50_ms']:.2f} against {plain['query_p50_ms']:.2f} ms")):
+        misses = [] if x >= target else [_short(x, target, "×", True)]
+        if cos < min_cos:
+            misses.append(f"cosine {cos:.5f} < {min_cos}")
+        out.append(Goal(area, goal, f"auto picks **{pick}**: {times(x)} ({figures}), cosine "
+                                    f"{cos:.5f}", _verdict(misses, d["quick"])))
+    return out

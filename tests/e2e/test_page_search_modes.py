@@ -22,7 +22,8 @@ from browser_support import (
 from app.demo import DEMO_IMAGE_SIZE
 from models import synthetic as syn
 
-MIN_MATCH = 0.275  # the page's threshold (app/static/js/results.js), chosen in docs/search-quality.md
+# the page's threshold (app/static/js/results.js), chosen in docs/search-quality.md
+MIN_MATCH = 0.275
 
 
 @pytest.fixture(scope="module")
