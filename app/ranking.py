@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "SEARCH_MODES", "CutOff", "fuse"]
+__all__ = ["RRF_K", "SEARCH_MODES", "SHOWN_DECIMALS", "CutOff", "fuse"]
 
 SEARCH_MODES = ("vector", "keyword", "hybrid")
 # Reciprocal rank fusion constant (Cormack et al. 2009): 60 keeps one list's top hit from
 # outweighing an item both lists rank well.
 RRF_K = 60
+# Scores and match probabilities are shown rounded to this many decimals; the cut-off compares
+# at the same precision, so a hit shown with exactly the bound a client sends back is kept.
+SHOWN_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,10 @@ class CutOff:
         return self.min_match is not None or self.min_score is not None
 
     def keeps(self, score: float, match: float | None) -> bool:
-        if self.min_score is not None and score < self.min_score:
+        if self.min_score is not None and round(score, SHOWN_DECIMALS) < self.min_score:
             return False
-        return self.min_match is None or (match is not None and match >= self.min_match)
+        return self.min_match is None or (
+            match is not None and round(match, SHOWN_DECIMALS) >= self.min_match)
 
 
 def fuse(vector: Sequence[int], keyword: Sequence[int], k: int = RRF_K) -> list[int]:

@@ -12,7 +12,7 @@ from models import DecodedImage
 
 from ..deps import ReadAuth, ServiceDep, SettingsDep
 from ..errors import ERROR_RESPONSES
-from ..ranking import CutOff
+from ..ranking import SHOWN_DECIMALS, CutOff
 from ..schemas import (
     MAX_QUERY_CHARS,
     TEXT_PATTERN,
@@ -38,8 +38,8 @@ Q = TypeVar("Q", ImageIdSearch, ComposedIdSearch)
 
 def _hit(request: Request, hit: ScoredHit) -> Hit:
     item = hit.item
-    return Hit(id=item.id, score=round(hit.score, 6),
-               match=None if hit.match is None else round(hit.match, 6),
+    return Hit(id=item.id, score=round(hit.score, SHOWN_DECIMALS),
+               match=None if hit.match is None else round(hit.match, SHOWN_DECIMALS),
                caption=item.caption, tags=item.tags,
                file_url=file_url(request, item.id))
 

@@ -153,3 +153,13 @@ def test_spec_documents_the_new_fields(client: TestClient, tmp_path: Path) -> No
     assert {"vector_rank", "keyword_rank"} <= set(hit)
     op = spec["paths"]["/api/v1/search/text"]["post"]
     assert list(op["requestBody"]["content"]) == ["application/json"]
+
+
+def test_a_hit_shown_with_exactly_the_bound_sent_back_is_kept(client: TestClient) -> None:
+    """Scores and match probabilities are shown rounded (6 decimals); a client that sends one
+    back as min_score / min_match keeps that hit, whichever way the rounding went."""
+    full = _search(client, scene(2).caption, k=10)
+    for hit in full["hits"][:4]:
+        for bound in ({"min_score": hit["score"]}, {"min_match": hit["match"]}):
+            kept = _search(client, scene(2).caption, k=10, **bound)
+            assert hit["id"] in _ids(kept), (bound, hit)
