@@ -4,6 +4,7 @@ auxiliary scene-graph, layout and per-object heads beside it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,15 @@ def _phase(cfg: TrainConfig, robust: bool) -> tuple[int, float, str]:
     return cfg.robust_steps, cfg.robust_lr, "encoder_robust.pt"
 
 
+def _load_probes(state: dict[str, Any], probes: Mapping[str, torch.nn.Module]) -> bool:
+    """The auxiliary probes from a stage-1 checkpoint; False for one older than them."""
+    if "obj_aux" not in state:
+        return False
+    for name, module in probes.items():
+        module.load_state_dict(state[name])
+    return True
+
+
 def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
                   work: Path, robust: bool = False) -> list[float]:
     """Contrastive training of both towers with multi-positive targets and swapped captions.
@@ -88,22 +98,16 @@ def train_encoder(clip: Any, tokenizer: Any, pool: ScenePool, cfg: TrainConfig,
     opt = make_optimizer(params, peak, cfg.weight_decay)
     ckpt = work / ckpt_name
     start, losses = 0, []
+    probes = {"aux": aux, "text_aux": text_aux, "obj_aux": obj_aux}
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         clip.load_state_dict(state["model"])
         start, losses = state["step"], state["losses"]
-        if "obj_aux" in state:
-            aux.load_state_dict(state["aux"])
-            text_aux.load_state_dict(state["text_aux"])
-            obj_aux.load_state_dict(state["obj_aux"])
+        if _load_probes(state, probes):
             opt.load_state_dict(state["opt"])
         log.info("resumed encoder training (%s) at step %d", ckpt_name, start)
     elif robust and (work / "encoder.pt").is_file():  # the plain phase's probes carry over
-        state = torch.load(work / "encoder.pt", weights_only=False)
-        if "obj_aux" in state:
-            aux.load_state_dict(state["aux"])
-            text_aux.load_state_dict(state["text_aux"])
-            obj_aux.load_state_dict(state["obj_aux"])
+        _load_probes(torch.load(work / "encoder.pt", weights_only=False), probes)
     rng = np.random.default_rng([cfg.seed, start, 1] if robust else [cfg.seed, start])
     clip.train()
     desc = "stage 1b: robust" if robust else "stage 1: dual encoder"
