@@ -272,7 +272,27 @@ def memory_goals(res: Results) -> list[Goal]:
                     f"{c['bytes_per_vector'] * n / 2**30:.2f} GiB ({c['bytes_per_vector']:.0f} "
                     "bytes/vector, index.json)")
         out.append(Goal(area, goal, text, NOT_MEASURED))
+    out.append(_end_to_end_goal(mem_d))
     return out
+
+
+def _end_to_end_goal(mem_d: dict[str, Any] | None) -> Goal:
+    """Text search over HTTP against the memory benchmark's largest collections."""
+    n = MEMORY_SIZES[-1]
+    goal = f"{n:,} items end to end over HTTP: p50/p99 at 1 and 4 clients, server RSS"
+    rows = [r for r in (mem_d or {}).get("rows", []) if r["items"] == n and r.get("latency")]
+    if mem_d is None or not rows:
+        return Goal("memory", goal, NOT_MEASURED, NOT_MEASURED)
+    parts = []
+    for r in rows:
+        lat = "; ".join(f"{x['concurrency']} client{'s' * (x['concurrency'] > 1)} p50 "
+                        f"{x['p50_ms']:.1f} / p99 {x['p99_ms']:.1f} ms" for x in r["latency"])
+        how = f"re-rank {mem_d.get('rerank_depth', 50)}" if r["rerank"] else "no re-rank"
+        parts.append(f"{r['model']} ({r['dim']}-d, {how}): {lat}; RSS after "
+                     f"{mib(r['rss_after_latency'])}")
+    errors = sum(x["errors"] for r in rows for x in r["latency"])
+    return Goal("memory", goal, "; ".join(parts) + f"; {errors} errors",
+                "reported" + (" (quick run)" * bool(mem_d["quick"])))
 
 
 TRIED = {

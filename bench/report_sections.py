@@ -191,17 +191,30 @@ def ingest(d: dict[str, Any]) -> str:
 
 
 def memory(d: dict[str, Any]) -> str:
-    return "\n".join([
+    parts = [
         f"A uvicorn server ({d['model']}, re-rank depth {d['rerank_depth']}) over a collection "
         "bulk-loaded with patch tokens; RSS read from /proc (VmRSS, VmHWM) when ready and after "
         "re-ranked text searches (every fourth with a tag filter). Re-ranking reads each "
-        "query's candidates' tokens from the SQLite catalog.", "",
-        table([[f"{r['items']:,}", f"`{r['index']}`", mib(r["rss_idle"]),
-                mib(r["rss_after_search"]), mib(r["rss_peak"]), f"{r['token_bytes'] / 2**30:.2f}",
-                f"{r['data_dir_bytes'] / 2**30:.2f}", r["start_s"]] for r in d["rows"]],
-              ["items", "index", "RSS idle", "RSS after searches", "RSS peak",
-               "patch tokens on disk GiB", "data dir GiB", "server start s"]),
-    ])
+        "query's candidates' tokens from the SQLite catalog. Where a second row names "
+        f"{d.get('big_model', 'ViT-B-32')}, the same number of its 512-d vectors is served "
+        "without patch tokens (it has no fusion head) and searched without re-ranking.", "",
+        table([[f"{r['items']:,}", r.get("model", d["model"]), f"`{r['index']}`",
+                mib(r["rss_idle"]), mib(r["rss_after_search"]), mib(r["rss_peak"]),
+                f"{r['token_bytes'] / 2**30:.2f}", f"{r['data_dir_bytes'] / 2**30:.2f}",
+                r["load_s"], r["start_s"]] for r in d["rows"]],
+              ["items", "model", "index", "RSS idle", "RSS after searches", "RSS peak",
+               "patch tokens on disk GiB", "data dir GiB", "bulk load s", "server start s"]),
+    ]
+    lat = [[f"{r['items']:,}", r.get("model", d["model"]),
+            f"depth {d['rerank_depth']}" if r.get("rerank") else "off", x["concurrency"],
+            x["client"], x["rps"], x["p50_ms"], x["p99_ms"], x["errors"]]
+           for r in d["rows"] for x in r.get("latency", [])]
+    if lat:
+        parts += ["", f"Text search over HTTP against the same servers, closed loop, "
+                      f"{d['duration_s']:.0f} s per level after a warm-up:", "",
+                  table(lat, ["items", "model", "re-rank", "clients", "driver", "req/s",
+                              "p50 ms", "p99 ms", "errors"])]
+    return "\n".join(parts)
 
 
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str], str]] = {
