@@ -201,9 +201,9 @@ def memory(d: dict[str, Any]) -> str:
         table([[f"{r['items']:,}", r.get("model", d["model"]), f"`{r['index']}`",
                 mib(r["rss_idle"]), mib(r["rss_after_search"]), mib(r["rss_peak"]),
                 f"{r['token_bytes'] / 2**30:.2f}", f"{r['data_dir_bytes'] / 2**30:.2f}",
-                r["load_s"], r["start_s"]] for r in d["rows"]],
+                r["start_s"]] for r in d["rows"]],
               ["items", "model", "index", "RSS idle", "RSS after searches", "RSS peak",
-               "patch tokens on disk GiB", "data dir GiB", "bulk load s", "server start s"]),
+               "patch tokens on disk GiB", "data dir GiB", "server start s"]),
     ]
     lat = [[f"{r['items']:,}", r.get("model", d["model"]),
             f"depth {d['rerank_depth']}" if r.get("rerank") else "off", x["concurrency"],
