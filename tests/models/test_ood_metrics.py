@@ -58,9 +58,10 @@ def test_text_to_image_rerank_and_calibration_out_of_distribution(model: Retriev
     assert by["familiar_phrasing"]["queries"] == by["heldout_phrasing"]["queries"] == N // 2
     assert by["familiar_phrasing"]["r1"] >= floor("familiar_phrasing", N // 2)
     assert by["heldout_phrasing"]["r1"] >= floor("heldout_phrasing", N // 2)
-    # re-ranking must not hurt (equal on this subset, +0.031 at 1,000 images); one query of
-    # slack for bf16/fp32 differences between machines
-    assert r["t2i_r1_rerank"] >= r["t2i_r1"] - 1.0 / N
+    # re-ranking must not hurt (equal on this subset in bf16, one query behind in fp32 on a
+    # CPU without bf16; +0.031 at 1,000 images): one query of slack for bf16/fp32 differences
+    # between machines, and 1e-4 as both figures are rounded to 4 decimals (95/150 -> 0.6333)
+    assert r["t2i_r1_rerank"] >= r["t2i_r1"] - 1.0 / N - 1e-4
     assert r["match_ece"] <= 0.08
 
 
