@@ -68,7 +68,8 @@ from .http_wrk import (
 __all__ = [
     "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL", "FULL_DURATION", "FULL_ITEMS", "GOALS",
     "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION", "QUICK_ITEMS", "SEARCH_PATH", "TAGS",
-    "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request", "Search", "big_model_search", "bulk_load",
+    "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request", "Search", "big_model_dim", "big_model_search",
+    "bulk_load",
     "checks", "client_description", "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk",
     "free_port", "load_with_tokens", "lua_string", "parse_wrk", "plot", "png_bytes", "rss_bytes",
     "run", "run_levels", "run_wrk", "search_request", "server", "upload_request", "wait_ready",
@@ -237,15 +238,19 @@ def client_description(wrk: str | None, n_queries: int, seconds: float) -> dict[
             "text": f"searches: {search}; {upload}; both on the same machine as the server"}
 
 
+def big_model_dim() -> int:
+    """Embedding width of ``BIG_MODEL`` (512 for ViT-B-32), read from its open_clip config."""
+    import open_clip
+
+    return int(open_clip.get_model_config(BIG_MODEL)["embed_dim"])
+
+
 def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: Sequence[str],
                      log: Path, n_cold: int, levels: Callable[..., None]) -> dict[str, Any]:
     """Text search served by ViT-B-32 over ``n`` items of its own (no patch tokens: it has no
     fusion head to re-rank with). Its weights are random; the cost of a query does not depend
     on them."""
-    import open_clip
-
-    dim = int(open_clip.get_model_config(BIG_MODEL)["embed_dim"])
-    loaded = bulk_load(data_dir, n, dim, None, BIG_MODEL, captions)
+    loaded = bulk_load(data_dir, n, big_model_dim(), None, BIG_MODEL, captions)
     print(f"loaded {n:,} items for {BIG_MODEL} in {loaded['load_s']:.0f} s", flush=True)
     with server(data_dir, {"FUSION_MODEL": BIG_MODEL, "FUSION_RERANK_DEPTH": "20"},
                 log) as (base, pid):

@@ -27,6 +27,7 @@ from .http_load import (
     BIG_MODEL,
     MODEL,
     TAGS,
+    big_model_dim,
     bulk_load,
     cold_start,
     dir_bytes,
@@ -104,9 +105,8 @@ def measure_big(n: int, captions: list[str], queries: list[str], work: Path,
     """``n`` items of ViT-B-32's 512-d vectors, no patch tokens: RSS and latency without
     re-ranking."""
     import httpx
-    import open_clip
 
-    dim = int(open_clip.get_model_config(BIG_MODEL)["embed_dim"])
+    dim = big_model_dim()
     data_dir = work / f"data-{n}-big"
     log = work / "server-big.log"
     try:
