@@ -89,8 +89,7 @@ def _insert(
         return []
     written: list[str] = []
     try:
-        for upload in uploads:
-            written.append(files.put(upload.data, upload.sha256, upload.ext))
+        files.put_many([(u.data, u.sha256, u.ext) for u in uploads], on_written=written.append)
         return catalog.add_many(rows)
     except BaseException:
         for name in written:

@@ -138,3 +138,76 @@ def test_stale_temps_are_removed(tmp_path: Path) -> None:
     (folder / f".{Path(name).name}.abc123.tmp").write_bytes(b"half")
     assert files.remove_stale_temps() == 1
     assert files.list_names() == [name]
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["one-filesystem-flush", "per-file-fsync"])
+def test_put_many_stores_a_batch_and_flushes_it_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    import index.files as files_module
+    from index import atomic
+
+    if syncfs and not atomic.can_sync_filesystem():
+        pytest.skip("no syncfs on this system")
+    calls = {"syncfs": 0, "fsync": 0}
+    real_sync, real_fsync = files_module.sync_filesystem, os.fsync
+
+    def counting_sync(path: Path) -> None:
+        calls["syncfs"] += 1
+        real_sync(path)
+
+    def counting_fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(files_module, "sync_filesystem", counting_sync)
+    monkeypatch.setattr(files_module, "can_sync_filesystem", lambda: syncfs)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    files = FileStore(tmp_path / "files")
+    kept = files.put(b"already here", sha(b"already here"), "png")
+    calls.update(syncfs=0, fsync=0)
+    batch = [(f"image {i}".encode(), sha(f"image {i}".encode()), "jpg") for i in range(20)]
+    written: list[str] = []
+    names = files.put_many([*batch, (b"already here", sha(b"already here"), "png")],
+                           on_written=written.append)
+    assert names[-1] == kept and kept not in written, "a stored file is not written again"
+    assert written == names[:-1]
+    for (data, digest, _), name in zip(batch, names, strict=False):
+        assert name == f"{digest[:2]}/{digest[2:4]}/{digest}.jpg"
+        assert files.path(name).read_bytes() == data
+    assert sorted(files.list_names()) == sorted(names)
+    assert not list((tmp_path / "files").rglob("*.tmp"))
+    if syncfs:
+        assert calls == {"syncfs": 1, "fsync": 0}, "one flush for the whole batch"
+    else:
+        assert calls["syncfs"] == 0 and calls["fsync"] >= 40, "each file and its folder synced"
+
+
+def test_put_many_refuses_a_bad_digest_before_writing_anything(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "files")
+    with pytest.raises(ValueError):
+        files.put_many([(b"one", sha(b"one"), "png"), (b"two", sha(b"one"), "png")])
+    assert files.list_names() == []
+
+
+def test_put_many_reports_what_it_wrote_before_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = FileStore(tmp_path / "files")
+    real_write = os.write
+    writes = 0
+
+    def fills_up(fd: int, data: bytes) -> int:
+        nonlocal writes
+        writes += 1
+        if writes > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    batch = [(f"b{i}".encode(), sha(f"b{i}".encode()), "png") for i in range(5)]
+    written: list[str] = []
+    monkeypatch.setattr(os, "write", fills_up)
+    with pytest.raises(StorageFull):
+        files.put_many(batch, on_written=written.append)
+    assert sorted(files.list_names()) == sorted(written) and len(written) == 2
+    assert not list((tmp_path / "files").rglob("*.tmp"))
