@@ -31,7 +31,8 @@ from models.fusion import Batch
 from models.precision import native_bf16
 from models.rerank import rerank_scores
 from models.retrieval import FUSION_KIND, RetrievalModel
-from models.runtimes import MIN_COSINE, MIN_SPEEDUP, build_engine, missing
+from models.runtime_probe import fast_enough, geometric_speedup
+from models.runtimes import MIN_COSINE, MIN_EACH, MIN_SPEEDUP, build_engine, missing
 
 from . import runtime_int8
 from .common import Options, latency_stats, print_table, time_calls, write_json
@@ -235,7 +236,7 @@ def _auto_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ratios = [r["images_x_torch_auto"], r["query_x_torch_auto"]]
         if "rerank_x_torch_auto" in r:
             ratios.append(r["rerank_x_torch_auto"])
-        speed = float(np.prod(ratios) ** (1 / len(ratios)))
+        speed = geometric_speedup(ratios)
         if r["precision"] == "int8":
             drops = [torch_auto[k] - r[k] for k in r if k.endswith(("_r1_test", "_r1_ood"))]
             ok_quality = bool(drops) and max(drops) <= INT8_R1_TOLERANCE
@@ -244,8 +245,7 @@ def _auto_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ok_quality = min(r["image_cosine"], r["text_cosine"]) >= MIN_COSINE
             quality = f"cosine {min(r['image_cosine'], r['text_cosine'])}"
         verdicts[r["variant"]] = {"speedup": round(speed, 2), "quality": quality,
-                                  "ok": ok_quality and speed >= MIN_SPEEDUP
-                                  and min(ratios) >= 1.0}
+                                  "ok": ok_quality and fast_enough(ratios)}
     winners = {k: v for k, v in verdicts.items() if v["ok"]}
     pick = max(winners, key=lambda k: winners[k]["speedup"]) if winners else "torch"
     return {"pick": pick, "candidates": verdicts, "against": torch_auto["variant"]}
@@ -263,7 +263,7 @@ def run(opts: Options, models: Sequence[str] = MODELS) -> dict[str, Any]:
                     f"auto's rule picks {res['auto']['pick']})", res["rows"], cols)
     result = {"models": results, "rerank_depth": RERANK_DEPTH, "query": SHORT_QUERY,
               "int8": runtime_int8.describe(CALIBRATION[opts.quick]),
-              "rule": {"min_speedup": MIN_SPEEDUP, "min_cosine": MIN_COSINE,
+              "rule": {"min_speedup": MIN_SPEEDUP, "min_each": MIN_EACH, "min_cosine": MIN_COSINE,
                        "int8_r1_tolerance": INT8_R1_TOLERANCE}}
     write_json(opts, "runtimes", result)
     plot(opts, result)

@@ -97,6 +97,21 @@ def test_openvino_matches_torch(cache: Path, examples: list[syn.Example],
     assert got["match"] < (2e-2 if expected == "bf16" else 1e-3), got
 
 
+@pytest.mark.parametrize(("images", "query", "match", "kept"), [
+    (0.98, 3.27, None, True),   # ViT-B-32 on ONNX Runtime, AMD EPYC: ingest as fast, query 3x
+    (1.08, 2.56, 0.47, False),  # fusion-tiny there: the re-rank's match twice as slow
+    (0.85, 4.0, None, False),   # a fast query does not buy ingest 15% slower
+    (1.2, 1.2, 1.2, False),     # faster everywhere, but by less than MIN_SPEEDUP
+    (1.3, 1.3, 1.3, True),
+])
+def test_auto_keeps_a_runtime_only_when_it_wins_overall_and_loses_nowhere_much(
+        images: float, query: float, match: float | None, kept: bool) -> None:
+    from models.runtime_probe import fast_enough
+
+    ratios = [images, query] + ([] if match is None else [match])
+    assert fast_enough(ratios) is kept
+
+
 def test_auto_without_runtimes_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch,
                                                    cache: Path) -> None:
     for module in ("onnxruntime", "openvino"):
