@@ -15,9 +15,6 @@ WORKER_HEALTHCHECK_S = 120
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serving_env import apply
-
-    apply()  # before the settings check below imports torch
     import uvicorn
     from pydantic import ValidationError
 

@@ -14,7 +14,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app import serving_env  # noqa: F401  (first: OpenMP reads it when torch loads)
 from index import Store
 from models import load_model
 

@@ -279,9 +279,6 @@ class Info(BaseModel):
     runtime_reason: str = Field("", description="why this runtime: the setting, or what "
                                 "`auto` measured on this CPU")
     cpu: CpuOut
-    omp_wait_policy: str = Field("default", description="what torch's OpenMP threads do between "
-                                 "parallel regions: PASSIVE (sleep; the server's default, "
-                                 "OMP_WAIT_POLICY) or what the environment set")
     index: str
     items: int
     vectors: int

@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse, Response
 
 from models.precision import cpu_info
 
-from .. import serving_env
 from ..deps import ServiceDep, SettingsDep
 from ..schemas import CpuOut, Health, Info
 
@@ -49,7 +48,6 @@ def info(service: ServiceDep, settings: SettingsDep) -> Info:
         precision=str(m["precision"]), precision_reason=str(m["precision_reason"]),
         device=str(m["device"]), runtime=str(m.get("runtime", "torch")),
         runtime_reason=str(m.get("runtime_reason", "")), cpu=CpuOut(**cpu_info().as_dict()),
-        omp_wait_policy=serving_env.apply(),
         index=str(s["factory"]), items=int(s["count"]),
         vectors=int(s["vectors"]), rerank_depth=service.rerank_depth,
         auth={"writes": settings.api_key is not None,
