@@ -66,14 +66,14 @@ from .http_wrk import (
 )
 
 __all__ = [
-    "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL", "FULL_DURATION", "FULL_ITEMS", "GOALS",
-    "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION", "QUICK_ITEMS", "SEARCH_PATH", "TAGS",
-    "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request", "Search", "big_model_dim", "big_model_search",
-    "bulk_load",
-    "checks", "client_description", "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk",
-    "free_port", "load_with_tokens", "lua_string", "parse_wrk", "plot", "png_bytes", "rss_bytes",
-    "run", "run_levels", "run_wrk", "search_request", "server", "upload_request", "wait_ready",
-    "wrk_command", "wrk_drive", "wrk_script", "wrk_version",
+    "BIG_AUTO_SCENARIO", "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL", "FULL_DURATION",
+    "FULL_ITEMS", "GOALS", "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION",
+    "QUICK_ITEMS", "SEARCH_PATH", "TAGS", "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request",
+    "Search", "big_model_dim", "big_model_search", "bulk_load", "checks", "client_description",
+    "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk", "free_port",
+    "load_with_tokens", "lua_string", "missing_runtimes", "parse_wrk", "plot", "png_bytes",
+    "rss_bytes", "run", "run_levels", "run_wrk", "search_request", "server", "upload_request",
+    "wait_ready", "wrk_command", "wrk_drive", "wrk_script", "wrk_version",
 ]
 
 FULL_ITEMS = 100_000
@@ -83,6 +83,7 @@ QUICK_DURATION = 1.0
 LEVELS = (1, 4, 16)
 BIG_MODEL = "ViT-B-32"
 BIG_LEVELS = (1,)
+BIG_AUTO_SCENARIO = f"search [{BIG_MODEL}, FUSION_RUNTIME=auto]"
 GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
          "vit_b32_c1_p50_ms": 20.0}
 COMPARE_LEVEL = 4  # full run: search at this many clients with httpx as well, same server
@@ -196,7 +197,8 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
                 levels("search+rerank50 [1 torch thread]", base, pid,
                        search_request(queries, True))
         shutil.rmtree(data_dir, ignore_errors=True)  # the disk it holds is not needed any more
-        big = big_model_search(work / "data-big", n, captions, queries, log, n_cold, levels)
+        big = big_model_search(work / "data-big", n, captions, queries, log, n_cold, levels,
+                               runtime_auto=not opts.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"items": n, "duration_s": seconds, "warmup_s": warmup, "levels": list(LEVELS),
@@ -246,20 +248,43 @@ def big_model_dim() -> int:
 
 
 def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: Sequence[str],
-                     log: Path, n_cold: int, levels: Callable[..., None]) -> dict[str, Any]:
+                     log: Path, n_cold: int, levels: Callable[..., None],
+                     runtime_auto: bool = False) -> dict[str, Any]:
     """Text search served by ViT-B-32 over ``n`` items of its own (no patch tokens: it has no
     fusion head to re-rank with). Its weights are random; the cost of a query does not depend
-    on them."""
+    on them. With ``runtime_auto`` (and ONNX Runtime or OpenVINO installed) the same data dir
+    is served a second time with ``FUSION_RUNTIME=auto``: the runtime its probe picks on this
+    CPU, and why, go in the result."""
+    import httpx
+
     loaded = bulk_load(data_dir, n, big_model_dim(), None, BIG_MODEL, captions)
     print(f"loaded {n:,} items for {BIG_MODEL} in {loaded['load_s']:.0f} s", flush=True)
-    with server(data_dir, {"FUSION_MODEL": BIG_MODEL, "FUSION_RERANK_DEPTH": "20"},
-                log) as (base, pid):
+    env = {"FUSION_MODEL": BIG_MODEL, "FUSION_RERANK_DEPTH": "20"}
+    with server(data_dir, env, log) as (base, pid):
         memory = rss_bytes(pid)
         cold = cold_start(base, queries, n_cold)
         levels(f"search [{BIG_MODEL}]", base, pid, search_request(queries, False), BIG_LEVELS,
                BIG_MODEL, n)
-    return {"model": BIG_MODEL, "items": n, "bulk_load": loaded, "memory_idle": memory,
-            "cold_start": cold}
+    out = {"model": BIG_MODEL, "items": n, "bulk_load": loaded, "memory_idle": memory,
+           "cold_start": cold}
+    if runtime_auto and not missing_runtimes():
+        with server(data_dir, {**env, "FUSION_RUNTIME": "auto"}, log) as (base, pid):
+            info = httpx.get(f"{base}/api/v1/info", timeout=60).json()
+            out["runtime_auto"] = {"runtime": info.get("runtime"),
+                                   "reason": info.get("runtime_reason")}
+            print(f"  FUSION_RUNTIME=auto serves {BIG_MODEL} on {info.get('runtime')}",
+                  flush=True)
+            cold_start(base, queries, n_cold)
+            levels(BIG_AUTO_SCENARIO, base, pid, search_request(queries, False), BIG_LEVELS,
+                   BIG_MODEL, n)
+    return out
+
+
+def missing_runtimes() -> bool:
+    """True when neither ONNX Runtime nor OpenVINO is installed (``auto`` can only be torch)."""
+    import importlib.util
+
+    return not any(importlib.util.find_spec(m) for m in ("onnxruntime", "openvino"))
 
 
 def checks(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

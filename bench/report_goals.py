@@ -211,9 +211,18 @@ def http_goals(d: dict[str, Any] | None) -> list[Goal]:
         limit = goals.get("vit_b32_c1_p50_ms", 20.0)
         misses = [] if big["p50_ms"] <= limit else ["p50 " + _short(big["p50_ms"], limit, " ms",
                                                                     False)]
-        out.append(Goal(area_b, g_b, f"p50 {big['p50_ms']:.1f} ms, p99 {big['p99_ms']:.1f} ms "
-                                   f"over {big.get('items', d['items']):,} items of its own"
-                        + size_note, judge(misses)))
+        text = (f"p50 {big['p50_ms']:.1f} ms, p99 {big['p99_ms']:.1f} ms "
+                f"over {big.get('items', d['items']):,} items of its own")
+        verdict = judge(misses)
+        auto = scenario_row(d, "search [ViT-B-32, FUSION_RUNTIME=auto]", 1)
+        if auto is not None:
+            runtime = (d.get("big_model") or {}).get("runtime_auto", {}).get("runtime", "?")
+            text = (f"torch (the default): {text}; `FUSION_RUNTIME=auto` (serves on {runtime}): "
+                    f"p50 {auto['p50_ms']:.1f} ms, p99 {auto['p99_ms']:.1f} ms")
+            if misses and auto["p50_ms"] <= limit and not size_note:
+                verdict = (f"met with `FUSION_RUNTIME=auto` ({runtime}); with the default "
+                           f"torch not met: {misses[0]}" + (" (quick run)" if quick else ""))
+        out.append(Goal(area_b, g_b, text + size_note, verdict))
     pairs = micro_batching(d)
     if not pairs:
         out.append(Goal(area, g_m, NOT_MEASURED, NOT_MEASURED))
