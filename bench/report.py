@@ -121,8 +121,9 @@ def render(res: Results, folder: Path, doc: Path) -> str:
     out += ["## Reproduce", "",
             "On a quiet machine (nothing else using the CPU), from the repository root with the "
             "`bench` extra installed (`pip install -e '.[bench]'`):", "", "```sh",
-            "fusion-search bench all          # the recorded run (about an hour on 2 "
-            "cores): bench/results/*.json + *.png, then this page",
+            "fusion-search bench all          # the recorded run (2 to 2.5 hours on 2 "
+            "cores, most of it memory's two 1,000,000-item collections): "
+            "bench/results/*.json + *.png, then this page",
             "fusion-search bench report       # only rewrite this page from bench/results/",
             "fusion-search bench all --quick  # CI-sized smoke run (under two minutes), "
             f"results and page in {repo_path(QUICK_DIR)}/",

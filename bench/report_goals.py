@@ -309,14 +309,20 @@ TRIED = {
               "inference mode, one to four threads, channels-last input and torch.compile: the "
               "settings table under Encoding. The images ratio is bounded by how much faster "
               "this CPU runs a bf16 matmul than an fp32 one in the same process (the matmul "
-              "line under Encoding); ViT-B-32 already reaches most of that bf16 rate.",
+              "line under Encoding); ViT-B-32 already reaches most of that bf16 rate. On a CPU "
+              "without bf16 (AVX2 only) torch stays fp32 and the ratio is about 1×: the "
+              "runtimes' int8 (ONNX Runtime, 1.26× on an AMD EPYC) is the one lower-precision "
+              "path there, and its cosine (0.97) is below the goal's 0.999.",
     "index": "the chooser's nprobe default (nlist / 256, it was nlist / 64) and the wrapper's "
              "hit lists built from tolist(); the wrapper still maps labels through FAISS's "
              "IndexIDMap2, which the raw index does not.",
     "http": "wrk as the load generator instead of a Python client on the same two cores; the "
             "text tower's attention kernel called directly, in fp32 where one query is faster "
             "so; file URLs resolved once instead of per hit; factored cross-attention for "
-            "re-ranking; text-query micro-batching; one torch thread per request. On two "
+            "re-ranking; text-query micro-batching; one torch thread per request; "
+            "OMP_WAIT_POLICY=PASSIVE (a 20k-item run gained at 4 clients, the 100k run lost "
+            "at 1 client: 4.4 to 7.0 ms, so OpenMP's default stays); for ViT-B-32, "
+            "`FUSION_RUNTIME=auto`, whose ONNX Runtime meets the one-client goal. On two "
             "cores the client, the event loop and the request threads share the CPU and the "
             "GIL, which bounds concurrency 4.",
     "ingest": "JPEGs decoded reduced by libjpeg (to at least twice the model input), two "
