@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import QUICK_DIR, RESULTS_DIR
+from .gpu import gpu_goals
 from .report_cells import MET, NOT_MEASURED, ROOT, bench_command, figure, repo_path, table
 from .report_goals import (
     HTTP_GOAL_ITEMS,
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 DOC = ROOT / "docs" / "benchmarks.md"
-NAMES = ("encode", "index", "http", "ingest", "memory", "runtimes", *SCALING_FILES)
+NAMES = ("encode", "index", "http", "ingest", "memory", "runtimes", *SCALING_FILES, "gpu")
 
 
 def default_doc(out: Path) -> Path:
@@ -130,6 +131,8 @@ def render(res: Results, folder: Path, doc: Path) -> str:
             "# the scale-out figures, not part of `all` (several servers, a Ray cluster, a "
             "PostgreSQL cluster); then `fusion-search bench report`",
             *SCALING_REPRODUCE,
+            "# on a machine with a GPU: it against the same machine's CPU (gpu.json)",
+            "python -m bench.gpu",
             "```", ""]
     if res:
         out += ["The commands that wrote the files this page reads:", "", "```sh",
@@ -148,7 +151,8 @@ def render(res: Results, folder: Path, doc: Path) -> str:
                 "machine had it.", ""]
     else:
         out += [f"{NOT_MEASURED}: no result files in `{rel}/`.", ""]
-    judged = [*goals(res), *runtimes_goals(res.get("runtimes")), *scaling_goals(res)]
+    judged = [*goals(res), *runtimes_goals(res.get("runtimes")), *scaling_goals(res),
+              *gpu_goals(res.get("gpu"))]
     out += ["## Goals", "",
             table([[g.area, g.goal, g.measured, g.verdict] for g in judged],
                   ["area", "goal", "measured (same run)", "verdict"]), ""]
