@@ -17,9 +17,15 @@ from .report_lookups import (
 from .report_runtimes import runtimes
 
 
+def _gflops(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def encode(d: dict[str, Any]) -> str:
-    out = [f"Matmul 2048³ in the same process: fp32 {d['matmul_gflops']['fp32']:.0f} GFLOP/s, "
-           f"bf16 {d['matmul_gflops']['bf16']:.0f} GFLOP/s.", ""]
+    rates, sizes = d["matmul_gflops"], d.get("matmul_n", {})
+    out = ["Matmul in the same process: " + ", ".join(
+        f"{k} {_gflops(rates[k])} GFLOP/s ({sizes.get(k, 2048)}³)" for k in ("fp32", "bf16"))
+        + ".", ""]
     out.append(table([[r["model"], r["precision"], r["batch"], r["images"],
                        r["plain_images_per_s"], r["ours_images_per_s"], times(r["image_speedup"]),
                        f"{r['image_cosine_min']:.5f}", r["texts"], r["plain_texts_per_s"],
