@@ -18,13 +18,11 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from .common import Options, print_table, resolve_out, write_json
+from .common import Options, print_table, resolve_out, time_calls, write_json
+from .encode import min_cosine
 from .report_goals import NOT_MEASURED, Goal
 
 MODELS = ("fusion-tiny", "ViT-B-32")
@@ -43,15 +41,12 @@ def _sync(device: str) -> None:
 
 
 def _seconds(fn: Callable[[], object], device: str, reps: int) -> list[float]:
-    fn()  # warm-up: kernels chosen, caches filled
-    _sync(device)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    """``time_calls`` of ``fn`` with the device's queue drained inside each timed call."""
+    def call() -> None:
         fn()
         _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
+
+    return time_calls(call, reps, warmup=1)
 
 
 def measure(name: str, device: str, batch: int, reps: int) -> dict[str, Any]:
@@ -73,12 +68,6 @@ def measure(name: str, device: str, batch: int, reps: int) -> dict[str, Any]:
             "_images": emb, "_text": model.encode_texts([QUERY])}
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return float((a * b).sum(-1).min())
-
-
 def run(opts: Options, device: str, models: Sequence[str] | None = None) -> dict[str, Any]:
     names = list(models or (QUICK_MODELS if opts.quick else MODELS))
     reps = 3 if opts.quick else 10
@@ -91,8 +80,8 @@ def run(opts: Options, device: str, models: Sequence[str] | None = None) -> dict
             rows.append({k: v for k, v in r.items() if not k.startswith("_")})
         rows[-1].update(images_x_cpu=dev["images_per_s"] / cpu["images_per_s"],
                         query_x_cpu=cpu["query_p50_ms"] / dev["query_p50_ms"],
-                        image_cosine=_cosine(dev["_images"], cpu["_images"]),
-                        text_cosine=_cosine(dev["_text"], cpu["_text"]))
+                        image_cosine=min_cosine(dev["_images"], cpu["_images"]),
+                        text_cosine=min_cosine(dev["_text"], cpu["_text"]))
     print_table(f"{device} against cpu", rows,
                 ["model", "device", "precision", "batch", "images_per_s", "query_p50_ms",
                  "images_x_cpu", "query_x_cpu", "image_cosine", "text_cosine"])

@@ -71,7 +71,7 @@ __all__ = [
     "QUICK_ITEMS", "SEARCH_PATH", "TAGS", "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request",
     "Search", "big_model_dim", "big_model_search", "bulk_load", "checks", "client_description",
     "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk", "free_port",
-    "load_with_tokens", "lua_string", "missing_runtimes", "parse_wrk", "plot", "png_bytes",
+    "load_with_tokens", "lua_string", "parse_wrk", "plot", "png_bytes",
     "rss_bytes", "run", "run_levels", "run_wrk", "search_request", "server", "upload_request",
     "wait_ready", "wrk_command", "wrk_drive", "wrk_script", "wrk_version",
 ]
@@ -257,6 +257,8 @@ def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: S
     CPU, and why, go in the result."""
     import httpx
 
+    from models.runtimes import ENGINES, missing
+
     loaded = bulk_load(data_dir, n, big_model_dim(), None, BIG_MODEL, captions)
     print(f"loaded {n:,} items for {BIG_MODEL} in {loaded['load_s']:.0f} s", flush=True)
     env = {"FUSION_MODEL": BIG_MODEL, "FUSION_RERANK_DEPTH": "20"}
@@ -267,7 +269,7 @@ def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: S
                BIG_MODEL, n)
     out = {"model": BIG_MODEL, "items": n, "bulk_load": loaded, "memory_idle": memory,
            "cold_start": cold}
-    if runtime_auto and not missing_runtimes():
+    if runtime_auto and not all(missing(r) for r in ENGINES):
         with server(data_dir, {**env, "FUSION_RUNTIME": "auto"}, log) as (base, pid):
             info = httpx.get(f"{base}/api/v1/info", timeout=60).json()
             out["runtime_auto"] = {"runtime": info.get("runtime"),
@@ -278,13 +280,6 @@ def big_model_search(data_dir: Path, n: int, captions: Sequence[str], queries: S
             levels(BIG_AUTO_SCENARIO, base, pid, search_request(queries, False), BIG_LEVELS,
                    BIG_MODEL, n)
     return out
-
-
-def missing_runtimes() -> bool:
-    """True when neither ONNX Runtime nor OpenVINO is installed (``auto`` can only be torch)."""
-    import importlib.util
-
-    return not any(importlib.util.find_spec(m) for m in ("onnxruntime", "openvino"))
 
 
 def checks(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -65,19 +65,19 @@ class FileStore:
         Raises what ``put`` raises; files written before a failure stay (see ``on_written``).
         """
         todo = [(data, *self._checked(data, sha, ext)) for data, sha, ext in files]
-        fresh = sum(not target.is_file() for _, _, target in todo)
-        batched = fresh > 1 and can_sync_filesystem()
-        names = []
+        fresh: dict[str, tuple[bytes, Path]] = {}  # one write per new name
         for data, name, target in todo:
-            if not target.is_file():
-                self._make_parents(target.parent, durable=not batched)
-                write_atomic(target, [data], durable=not batched)
-                if on_written is not None:
-                    on_written(name)
-            names.append(name)
+            if name not in fresh and not target.is_file():
+                fresh[name] = (data, target)
+        batched = len(fresh) > 1 and can_sync_filesystem()
+        for name, (data, target) in fresh.items():
+            self._make_parents(target.parent, durable=not batched)
+            write_atomic(target, [data], durable=not batched)
+            if on_written is not None:
+                on_written(name)
         if batched:
             sync_filesystem(self.root)
-        return names
+        return [name for _, name, _ in todo]
 
     def _checked(self, data: bytes, sha256: str, ext: str) -> tuple[str, Path]:
         name = file_name(sha256, ext)
