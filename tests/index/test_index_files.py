@@ -211,3 +211,13 @@ def test_put_many_reports_what_it_wrote_before_a_full_disk(
         files.put_many(batch, on_written=written.append)
     assert sorted(files.list_names()) == sorted(written) and len(written) == 2
     assert not list((tmp_path / "files").rglob("*.tmp"))
+
+
+def test_put_many_writes_a_name_repeated_in_the_batch_once(tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "files")
+    same = (b"twice", sha(b"twice"), "png")
+    written: list[str] = []
+    names = files.put_many([same, (b"other", sha(b"other"), "png"), same],
+                           on_written=written.append)
+    assert names[0] == names[2] and len(written) == 2 and sorted(written) == sorted(set(names))
+    assert files.path(names[0]).read_bytes() == b"twice"
