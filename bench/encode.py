@@ -346,7 +346,7 @@ def run(opts: Options, models: Sequence[str] = MODELS) -> dict[str, Any]:
     sizes = {"fp32": matmul_size(torch.float32), "bf16": matmul_size(torch.bfloat16)}
     rates = {"fp32": matmul_gflops(torch.float32, sizes["fp32"]),
              "bf16": matmul_gflops(torch.bfloat16, sizes["bf16"])}
-    print(f"matmul 2048^3: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s")
+    print("matmul: " + ", ".join(f"{k} {rates[k]:.3g} GFLOP/s ({sizes[k]}^3)" for k in rates))
     rows = [bench_model(name, opts, rates) for name in tqdm(models, desc="encode")]
     print_table("encode: images/s and texts/s, ours vs plain open_clip (same process)", rows,
                 ["model", "precision", "batch", "plain_images_per_s", "ours_images_per_s",
