@@ -103,13 +103,31 @@ class FusionBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, image: torch.Tensor, pad: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.attend_image(self.attend_text(x, pad), image, need_weights)
+
+    def attend_text(self, x: torch.Tensor, pad: torch.Tensor, at: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The residual self-attention step over the text tokens ``x`` (N, L, W).
+
+        With ``at`` (N,) only that token's row is computed, (N, 1, W): it still attends over
+        every text token, so the row equals the full step's at ``at``.
+        """
         h = self.ln_self(x)
-        x = x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        if at is None:
+            return x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        return _at_eot(x, at)[:, None] + self.self_attn(
+            _at_eot(h, at)[:, None], h, h, key_padding_mask=pad, need_weights=False)[0]
+
+    def attend_image(self, x: torch.Tensor, image: torch.Tensor, need_weights: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-attention of the text rows ``x`` over ``image`` (N, T, W), then the
+        feed-forward layer. ``x`` may hold one text (1, L, W) for every image (inference)."""
         kv = self.ln_image(image)
         q = self.ln_cross(x)
         if not torch.is_grad_enabled() and _factored_is_cheaper(self.cross_attn, q, kv):
             attended, weights = factored_cross_attention(self.cross_attn, q, kv, need_weights)
         else:
+            q = q.expand(kv.shape[0], -1, -1)
             attended, weights = self.cross_attn(
                 q, kv, kv, need_weights=need_weights, average_attn_weights=True
             )
@@ -139,24 +157,29 @@ def factored_cross_attention(
     rounding (tests/models/test_factored_attention.py); inference only, training keeps the
     module.
     """
-    n, length, width = q.shape
+    n, keys, width = kv.shape
+    nq, length, _ = q.shape  # nq is n, or 1 for one text against every image
     heads = attn.num_heads
     d = width // heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
     b_q, _, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
                    else (None, None, None))
-    qh = F.linear(q, w_q, b_q).view(n * length, heads, d).transpose(0, 1)  # (H, N*L, d)
+    qh = F.linear(q, w_q, b_q).view(nq * length, heads, d).transpose(0, 1)  # (H, Nq*L, d)
     # each head's queries carried back through its key projection, heads side by side per pair
-    q_img = torch.bmm(qh, w_k.view(heads, d, width)) * (d**-0.5)  # (H, N*L, W)
-    q_img = q_img.view(heads, n, length, width).transpose(0, 1).reshape(n, heads * length, width)
-    probs = torch.softmax(torch.bmm(q_img, kv.transpose(1, 2)), dim=-1)  # (N, H*L, T)
+    q_img = torch.bmm(qh, w_k.view(heads, d, width)) * (d**-0.5)  # (H, Nq*L, W)
+    q_img = q_img.view(heads, nq, length, width).transpose(0, 1).reshape(nq, heads * length, width)
+    if nq == 1 and n > 1:  # one text: one matmul over every image's patches
+        scores = (kv.reshape(n * keys, width) @ q_img[0].T).view(n, keys, -1).transpose(1, 2)
+    else:
+        scores = torch.bmm(q_img, kv.transpose(1, 2))
+    probs = torch.softmax(scores, dim=-1)  # (N, H*L, T)
     mixed = torch.bmm(probs, kv)  # (N, H*L, W): each head's attention-weighted patches
     mixed = mixed.view(n, heads, length, width).transpose(0, 1).reshape(heads, n * length, width)
     out = torch.bmm(mixed, w_v.view(heads, d, width).transpose(1, 2))  # (H, N*L, d)
     if b_v is not None:
         out = out + b_v.view(heads, 1, d)
     out = attn.out_proj(out.transpose(0, 1).reshape(n, length, width))
-    probs = probs.view(n, heads, length, -1)
+    probs = probs.reshape(n, heads, length, -1)
     return out, probs.mean(1) if need_weights else None
 
 
@@ -196,6 +219,13 @@ def _at_eot(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), eot]
 
 
+def _one_text(b: Batch) -> bool:
+    """Whether every pair of ``b`` holds the same text as a broadcast view (stride 0), as
+    ``RetrievalModel`` builds a re-rank's batch: one query against many images."""
+    return (b.text_tokens.shape[0] > 1 and b.text_tokens.stride(0) == 0
+            and b.text_mask.stride(0) == 0 and b.text_eot.stride(0) == 0)
+
+
 class AttentionFusion(nn.Module):
     """Text tokens attend over image patch tokens through a small stack of fusion blocks.
 
@@ -227,18 +257,33 @@ class AttentionFusion(nn.Module):
         bundled model about half its weight lies on the object's patches. The last block's looks
         everywhere else (under 1 % on the object), so it would explain a hit by its background.
         """
-        x = self.text_in(b.text_tokens)
+        fast = not torch.is_grad_enabled()
+        one_text = fast and _one_text(b)  # text rows computed once until they meet an image
+        text = b.text_tokens[:1] if one_text else b.text_tokens
+        pad, eot = (b.text_mask[:1], b.text_eot[:1]) if one_text else (b.text_mask, b.text_eot)
+        x = self.text_in(text)
         image = self.image_in(b.image_tokens.to(x.dtype))
         if self.image_pos is not None:
             image = image + self.image_pos
         if self.image_xy is not None:
             image = image + self.image_xy()
         weights = None
-        for i, block in enumerate(self.blocks):
-            x, w = block(x, image, b.text_mask, need_weights=need_weights and i == 0)
+        last = len(self.blocks) - 1
+        blocks: list[FusionBlock] = list(self.blocks)  # type: ignore[arg-type]
+        for i, block in enumerate(blocks):
+            if x.shape[0] != pad.shape[0]:  # the one text met the images: a row per pair now
+                pad, eot = b.text_mask, b.text_eot
+            # Only the end-of-text row is read out, so at inference the last block computes
+            # that row alone (it still attends over every text token): the same feature.
+            at_end = fast and i == last
+            x = block.attend_text(x, pad, at=eot if at_end else None)
+            x, w = block.attend_image(x, image, need_weights=need_weights and i == 0)
             if w is not None:
-                weights = _at_eot(w, b.text_eot)
-        return self.ln_out(_at_eot(x, b.text_eot)), weights
+                weights = w[:, 0] if at_end else _at_eot(w, eot)
+        if x.shape[0] != b.text_eot.shape[0]:  # no block (depth 0) met the images
+            x = x.expand(b.text_eot.shape[0], -1, -1)
+        feat = x[:, 0] if fast and last >= 0 else _at_eot(x, b.text_eot)
+        return self.ln_out(feat), weights
 
     def score(self, b: Batch) -> torch.Tensor:
         return self.score_from(self.readout(b)[0], b)

@@ -5,11 +5,13 @@ images and captions, and for random weights with biases."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import load_model, synthetic
-from models.fusion import factored_cross_attention
+from models.fusion import AttentionFusion, Batch, FusionConfig, factored_cross_attention
 
 
 def test_factored_equals_module_with_random_weights() -> None:
@@ -41,3 +43,45 @@ def test_rerank_scores_and_explanations_unchanged() -> None:
     grid = np.asarray(model.explain(tok[0], emb[0], query)["grid"])
     assert grid.shape == (8, 8)
     assert abs(grid.sum() - 1.0) < 1e-4  # one attention distribution over the 64 patches
+
+
+def _pairs(n: int, length: int, one_text: bool) -> Batch:
+    """n (image, text) pairs: one text broadcast to every image (a re-rank's batch), or n texts
+    of different lengths padded to ``length``."""
+    gen = torch.Generator().manual_seed(length)
+    if one_text:
+        eot = torch.tensor([length - 2]).expand(n)
+        text = torch.randn(1, length, 32, generator=gen).expand(n, -1, -1)
+        pad = (torch.arange(length)[None] > eot[:1, None]).expand(n, -1)
+    else:
+        eot = torch.randint(1, length, (n,), generator=gen)
+        text = torch.randn(n, length, 32, generator=gen)
+        pad = torch.arange(length)[None] > eot[:, None]
+    emb = F.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+    return Batch(torch.randn(n, 16, 48, generator=gen), emb, text, pad, eot, emb.flip(0))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("length", [5, 40])  # 40: heads x length > width, the module's path
+@pytest.mark.parametrize("one_text", [True, False])
+def test_inference_readout_equals_training_readout(depth: int, length: int, one_text: bool
+                                                   ) -> None:
+    """At inference one broadcast text's rows are computed once until they meet the images, and
+    the last block computes the end-of-text row alone: the same features and attention maps as
+    the full computation training runs."""
+    torch.manual_seed(depth)
+    cfg = FusionConfig(text_width=32, image_width=48, embed_dim=16, width=64, heads=4,
+                       depth=depth, image_tokens=16, coords=True)
+    head = AttentionFusion(cfg).eval()
+    b = _pairs(7, length, one_text)
+    with torch.no_grad():
+        fast, fast_w = head.readout(b, need_weights=True)
+        fast_score = head.score(b)
+    with torch.enable_grad():
+        full, full_w = head.readout(b, need_weights=True)
+        full_score = head.score(b)
+    assert fast_w is not None and full_w is not None
+    assert fast.shape == full.shape == (7, 64)
+    assert torch.allclose(fast, full, atol=1e-5)
+    assert torch.allclose(fast_w, full_w, atol=1e-6)
+    assert torch.allclose(fast_score, full_score.detach(), atol=1e-5)
