@@ -9,47 +9,49 @@ that arrive while the encoder is busy share its next pass instead of competing f
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
-import numpy as np
+T = TypeVar("T")
 
 
-class _Job:
+class _Job(Generic[T]):
     __slots__ = ("error", "lead", "result", "text", "wake")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.wake = threading.Event()
         self.lead = False
-        self.result: np.ndarray | None = None
+        self.result: T | None = None
         self.error: BaseException | None = None
 
 
-class TextBatcher:
-    """Thread-safe front of ``encode(texts) -> (N, D) array`` for one text at a time.
+class TextBatcher(Generic[T]):
+    """Thread-safe front of ``encode(texts) -> one result per text`` (an (N, D) array, or the
+    model's encoded queries) for one text at a time.
 
     ``max_batch`` caps the texts per forward pass (1 turns batching off). The leader encodes
     one batch, which holds its own query, then hands the lead to the oldest waiting query, so
     no caller serves others for longer than one pass.
     """
 
-    def __init__(self, encode: Callable[[Sequence[str]], np.ndarray], max_batch: int = 16
+    def __init__(self, encode: Callable[[Sequence[str]], Iterable[T]], max_batch: int = 16
                  ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._encode = encode
         self.max_batch = max_batch
         self._lock = threading.Lock()
-        self._queue: list[_Job] = []
+        self._queue: list[_Job[T]] = []
         self._busy = False
         self.batches = 0
         self.texts = 0
 
-    def encode_one(self, text: str) -> np.ndarray:
-        """The (D,) embedding of ``text``; raises whatever ``encode`` raised for its batch."""
+    def encode_one(self, text: str) -> T:
+        """``encode``'s result for ``text``; raises whatever ``encode`` raised for its batch."""
         if self.max_batch == 1:
-            return self._encode([text])[0]
-        job = _Job(text)
+            return next(iter(self._encode([text])))
+        job: _Job[T] = _Job(text)
         with self._lock:
             self._queue.append(job)
             job.lead = not self._busy

@@ -17,6 +17,7 @@ from index import Item, ItemNotFound, Store, Upload
 from index.vectors import VectorIndex
 from models import DecodedImage, RetrievalModel, decode_image
 from models.encoder import rerank_scores
+from models.retrieval import EncodedQuery
 
 from .batching import TextBatcher
 from .duplicates import NearDuplicates
@@ -114,7 +115,7 @@ class SearchService:
         self.captions = CaptionIndex(model, store)
         self.duplicates = NearDuplicates(store, max_pixels)
         # concurrent text queries share one encoder pass (app/batching.py); 1 turns it off
-        self.text_encoder = TextBatcher(model.encode_texts, max_batch=text_batch)
+        self.text_encoder = TextBatcher(model.encode_queries, max_batch=text_batch)
 
     # ---- writes -------------------------------------------------------------------------------
     def decode(self, data: bytes) -> DecodedImage:
@@ -225,13 +226,14 @@ class SearchService:
         if mode != "vector":
             keyword = [i for i, _ in self.store.keyword_search(
                 query, depth + 2, tags=tags, syntax=keyword_syntax)]
-        qvec = self.text_encoder.encode_one(query)[None, :]
+        encoded = self.text_encoder.encode_one(query)
+        qvec = encoded.vector[None, :]
         pairs: list[tuple[int, float]] = []
         match: dict[int, float] = {}
         if mode != "keyword":
             pairs = self.store.search(qvec, depth + 2, tags=tags)[0]
             if do_rerank and pairs:
-                pairs, match = self._rerank(query, pairs)
+                pairs, match = self._rerank(encoded, pairs)
         vector = [i for i, _ in pairs]
         order = (vector if mode == "vector" else keyword if mode == "keyword"
                  else fuse(vector, keyword))
@@ -242,9 +244,9 @@ class SearchService:
                 score.update(zip(missing, (self.store.embeddings(missing) @ qvec[0]).tolist(),
                                  strict=True))
         if cutoff.min_match is not None:
-            match.update(self._match(query, [i for i in order if i not in match]))
+            match.update(self._match(encoded, [i for i in order if i not in match]))
         elif do_rerank and mode != "vector":  # keyword hits scored too, for a uniform answer
-            match.update(self._match(query, [i for i in order[:k] if i not in match]))
+            match.update(self._match(encoded, [i for i in order[:k] if i not in match]))
         vrank = {i: r for r, i in enumerate(vector, 1)}
         krank = {i: r for r, i in enumerate(keyword, 1)}
         ranked = [ScoredHit(it.item, it.score, it.match, vrank.get(it.item.id),
@@ -255,19 +257,19 @@ class SearchService:
         reranked = do_rerank and mode != "keyword"
         return Results(kept, _ms(t0), reranked, filtered)
 
-    def _match(self, query: str, ids: list[int]) -> dict[int, float]:
+    def _match(self, query: EncodedQuery, ids: list[int]) -> dict[int, float]:
         """Match probabilities of these items with the query (items without tokens left out)."""
         if not ids:
             return {}
         try:
-            probs = self.model.match(self.store.tokens(ids), [query],
+            probs = self.model.match(self.store.tokens(ids), query,
                                      embeddings=self.store.embeddings(ids))
         except Exception as exc:  # an item stored without tokens or deleted meanwhile
             log.info("match skipped: %s", exc)
             return {}
         return {i: float(p) for i, p in zip(ids, probs, strict=True)}
 
-    def _rerank(self, query: str, pairs: list[tuple[int, float]]
+    def _rerank(self, query: EncodedQuery, pairs: list[tuple[int, float]]
                 ) -> tuple[list[tuple[int, float]], dict[int, float]]:
         head = pairs[: self.rerank_depth]
         ids = [i for i, _ in head]
@@ -277,7 +279,7 @@ class SearchService:
         except Exception as exc:  # an item stored without tokens or deleted meanwhile
             log.info("re-rank skipped: %s", exc)
             return pairs, {}
-        probs = self.model.match(tokens, [query], embeddings=emb)
+        probs = self.model.match(tokens, query, embeddings=emb)
         blended = rerank_scores(np.asarray([score for _, score in head]), probs,
                                 self.model.temperature)
         order = sorted(range(len(head)), key=lambda j: -float(blended[j]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,16 @@ from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_
 from .towers import visual_forward
 
 FUSION_KIND = "attention"
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """One text query encoded once per request: its vector for the index search and its
+    tokens for the fusion head's re-rank, so the re-rank does not run the text tower again."""
+
+    text: str
+    vector: np.ndarray  # (D,) float32, L2-normalised
+    batch: TextBatch  # this text alone, trimmed after its end-of-text token
 
 
 def _text_tower(clip: Any) -> torch.nn.ModuleList:
@@ -250,13 +261,26 @@ class RetrievalModel(AnswerHeadsMixin):
             ).emb.cpu().numpy()
         return out
 
+    @torch.inference_mode()
+    def encode_queries(self, texts: Sequence[str]) -> list[EncodedQuery]:
+        """Each text's vector and tokens from one encoder pass per batch (the service's
+        queries: searched with the vector, re-ranked with the tokens)."""
+        out: list[EncodedQuery] = []
+        for s in self._batches(len(texts)):
+            chunk = texts[s : s + self.batch_size]
+            tb = self._texts_forward(self.tokenize(chunk))
+            vectors = tb.emb.cpu().numpy()
+            out.extend(EncodedQuery(t, vectors[j], tb.row(j)) for j, t in enumerate(chunk))
+        return out
+
     # ---- fusion -------------------------------------------------------------------------------
     def _fusion_batch(
-        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str]
+        self, tokens: np.ndarray, embeddings: np.ndarray, texts: Sequence[str] | EncodedQuery
     ) -> Batch:
-        tb = self._texts_forward(self.tokenize(texts))
+        tb = (texts.batch if isinstance(texts, EncodedQuery)
+              else self._texts_forward(self.tokenize(texts)))
         n = len(tokens)
-        if len(texts) == 1 and n > 1:
+        if tb.tokens.shape[0] == 1 and n > 1:
             tb = TextBatch(
                 tb.tokens.expand(n, -1, -1),
                 tb.pad.expand(n, -1),
@@ -274,18 +298,21 @@ class RetrievalModel(AnswerHeadsMixin):
 
     @torch.inference_mode()
     def match(
-        self, tokens: np.ndarray, texts: Sequence[str], embeddings: np.ndarray | None = None
+        self, tokens: np.ndarray, texts: Sequence[str] | EncodedQuery,
+        embeddings: np.ndarray | None = None
     ) -> np.ndarray:
         """(N,) attention-fusion match probability of each image (as tokens) with its text,
         calibrated by the head's temperature (``models.calibrate``).
 
-        ``texts`` has N entries, or one that is paired with every image.  Without fusion weights
-        this falls back to late fusion, which needs ``embeddings``.
+        ``texts`` has N entries, or one that is paired with every image, or is one query
+        already encoded (``encode_queries``). Without fusion weights this falls back to late
+        fusion, which needs ``embeddings``.
         """
         if self.fusion is None:
             if embeddings is None:
                 raise FusionUnavailable("this model has no fusion head; pass embeddings")
-            t = self.encode_texts(texts)
+            t = (texts.vector[None] if isinstance(texts, EncodedQuery)
+                 else self.encode_texts(texts))
             return ((embeddings * t).sum(-1) + 1.0) / 2.0
         emb = embeddings if embeddings is not None else np.zeros((len(tokens), self.embed_dim))
         b = self._fusion_batch(tokens, emb, texts)

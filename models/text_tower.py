@@ -65,3 +65,10 @@ class TextBatch:
     pad: torch.Tensor  # (N, L) True after the end-of-text token
     eot: torch.Tensor  # (N,) end-of-text index
     emb: torch.Tensor  # (N, D) L2-normalised
+
+    def row(self, i: int) -> TextBatch:
+        """Text ``i`` alone, trimmed after its end-of-text token: the tower is causal, so its
+        tokens are the ones it would get if encoded by itself."""
+        end = int(self.eot[i]) + 1
+        return TextBatch(self.tokens[i : i + 1, :end], self.pad[i : i + 1, :end],
+                         self.eot[i : i + 1], self.emb[i : i + 1])

@@ -1,6 +1,8 @@
-"""Re-ranking's cross-attention is computed in factored form at inference: the same scores and
-attention maps as ``nn.MultiheadAttention`` (which training uses), for the bundled heads on real
-images and captions, and for random weights with biases."""
+"""Re-ranking's shortcuts at inference give what training's full computation gives: the
+cross-attention in factored form (the same scores and attention maps as ``nn.MultiheadAttention``,
+for the bundled heads on real images and captions and for random weights with biases), one
+query's text rows computed once, the last block's end-of-text row alone, and a query encoded
+once per request."""
 
 from __future__ import annotations
 
@@ -85,3 +87,22 @@ def test_inference_readout_equals_training_readout(depth: int, length: int, one_
     assert torch.allclose(fast, full, atol=1e-5)
     assert torch.allclose(fast_w, full_w, atol=1e-6)
     assert torch.allclose(fast_score, full_score.detach(), atol=1e-5)
+
+
+def test_encoded_queries_rerank_as_texts_do() -> None:
+    """The service encodes a query once (``encode_queries``, batched with other requests'
+    queries of other lengths) and re-ranks with those tokens: the same vectors and match
+    probabilities as encoding the text again, alone."""
+    model = load_model("fusion-tiny", precision="fp32")
+    examples = [synthetic.example("test", i, size=64) for i in range(6)]
+    emb, tok = model.encode_images_with_tokens([e.image for e in examples])
+    texts = ["a red circle", examples[1].caption, "there is a big green star on the left of "
+             "a small blue square, grey background"]
+    encoded = model.encode_queries(texts)
+    assert [q.text for q in encoded] == texts
+    np.testing.assert_allclose(np.stack([q.vector for q in encoded]),
+                               model.encode_texts(texts), atol=1e-5)
+    for q in encoded:
+        assert not bool(q.batch.pad.any())  # trimmed after its own end-of-text token
+        np.testing.assert_allclose(model.match(tok, q, embeddings=emb),
+                                   model.match(tok, [q.text], embeddings=emb), atol=1e-5)
