@@ -275,7 +275,12 @@ class Info(BaseModel):
                                               "`auto` read from the CPU or GPU")
     device: str = Field(description="where the model runs: cpu, cuda or cuda:N")
     runtime: str = Field("torch", description="what runs the encoders and match head: torch, "
-                         "onnxruntime or openvino (FUSION_RUNTIME)")
+                         "onnxruntime or openvino (FUSION_RUNTIME); where `auto` splits the "
+                         "parts between runtimes, each with its parts, e.g. "
+                         "`onnxruntime (text), torch (images, match)`")
+    runtime_parts: dict[str, str] = Field(
+        default_factory=dict, description="what runs each part (images, text, match) and in "
+        "which precision, e.g. {\"text\": \"onnxruntime fp32\"}")
     runtime_reason: str = Field("", description="why this runtime: the setting, or what "
                                 "`auto` measured on this CPU")
     cpu: CpuOut

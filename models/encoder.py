@@ -183,10 +183,12 @@ def load_model(
 
     # the graphs are exported from the fp32 weights; torch is cast afterwards if it serves
     model = build(torch.float32, torch.float32)
-    engine, reason = select_runtime(model, runtime, dtype, text_dtype, cache_dir)
-    if engine is None and (dtype, text_dtype) != (torch.float32, torch.float32):
-        model = build(dtype, text_dtype)
-    if engine is not None and engine.precision != ("bf16" if dtype == torch.bfloat16 else "fp32"):
-        model.precision_reason += f"; {engine.name} runs {engine.precision}"
-    model.use_engine(engine, reason)
+    engines, reason = select_runtime(model, runtime, dtype, text_dtype, cache_dir)
+    on_torch = set(model.parts) - set(engines)
+    if on_torch and (dtype, text_dtype) != (torch.float32, torch.float32):
+        model = build(dtype, text_dtype)  # the parts torch keeps run at the chosen precision
+    for engine in {id(e): e for e in engines.values()}.values():
+        if engine.precision != ("bf16" if dtype == torch.bfloat16 else "fp32"):
+            model.precision_reason += f"; {engine.name} runs {engine.precision}"
+    model.use_engines(engines, reason)
     return model

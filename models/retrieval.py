@@ -6,7 +6,7 @@ scores, composed queries and explanations.  Nothing here imports FastAPI or the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +19,15 @@ from PIL import Image
 from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
 from .fusion import Batch, FusionHeads
-from .runtimes import Engine, as_tensors, texts_feed
+from .runtimes import PARTS, Engine, as_tensors, texts_feed
 from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
 from .towers import visual_forward
 
 FUSION_KIND = "attention"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -103,12 +107,20 @@ class RetrievalModel(AnswerHeadsMixin):
         self.text_width = int(clip.token_embedding.weight.shape[1]) if self._plain_text else 0
         self.context_length = int(getattr(clip, "context_length", 77))
         self._lean_text = self._plain_text and lean_blocks_apply(clip.transformer)
-        self.engine: Engine | None = None
+        self.engines: dict[str, Engine] = {}  # part (models.runtimes.PARTS) -> its engine
         self.runtime_reason = "torch"
 
     def use_engine(self, engine: Engine | None, reason: str) -> None:
         """Run the encoders and the match head on ``engine`` (None: torch), and say why."""
-        self.engine = engine
+        self.use_engines({p: engine for p in PARTS} if engine is not None else {}, reason)
+
+    def use_engines(self, engines: Mapping[str, Engine], reason: str) -> None:
+        """Run each part named in ``engines`` (images, text, match) on its engine and the
+        others on torch, and say why."""
+        unknown = set(engines) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; the parts are {PARTS}")
+        self.engines = dict(engines)
         self.runtime_reason = reason
 
     # ---- properties ---------------------------------------------------------------------------
@@ -135,14 +147,42 @@ class RetrievalModel(AnswerHeadsMixin):
         return torch.sigmoid(logits / self.temperature + bias)
 
     @property
+    def _torch_precision(self) -> str:
+        return _name(self.dtype)
+
+    @property
     def precision(self) -> str:
-        if self.engine is not None:
-            return self.engine.precision
-        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        """The image encoder's precision (where the bulk of the arithmetic is)."""
+        images = self.engines.get("images")
+        return images.precision if images is not None else self._torch_precision
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this model runs: images, text, and match where it has a fusion head."""
+        return PARTS if self.has_fusion else tuple(p for p in PARTS if p != "match")
+
+    @property
+    def runtime_parts(self) -> dict[str, str]:
+        """What runs each part, with its precision: ``{"text": "onnxruntime fp32", ...}``."""
+        out = {}
+        for p in self.parts:
+            e = self.engines.get(p)
+            out[p] = (f"{e.name} {e.precision}" if e is not None else
+                      f"torch {self._torch_precision if p != 'text' else _name(self.text_dtype)}")
+        return out
 
     @property
     def runtime(self) -> str:
-        return self.engine.name if self.engine is not None else "torch"
+        """One runtime's name where it runs every part, else each runtime with its parts:
+        ``onnxruntime (text), torch (images, match)``."""
+        names = {p: (e.name if (e := self.engines.get(p)) is not None else "torch")
+                 for p in self.parts}
+        if len(set(names.values())) == 1:
+            return next(iter(names.values()))
+        grouped: dict[str, list[str]] = {}
+        for p, n in names.items():
+            grouped.setdefault(n, []).append(p)
+        return ", ".join(f"{n} ({', '.join(ps)})" for n, ps in grouped.items())
 
     def info(self) -> dict[str, Any]:
         return {
@@ -155,6 +195,7 @@ class RetrievalModel(AnswerHeadsMixin):
             "precision_reason": self.precision_reason,
             "device": str(self.device),
             "runtime": self.runtime,
+            "runtime_parts": self.runtime_parts,
             "runtime_reason": self.runtime_reason,
             "image_size": list(self.image_size),
             "image_tokens": [self.num_image_tokens, self.image_token_width],
@@ -186,8 +227,9 @@ class RetrievalModel(AnswerHeadsMixin):
 
     # ---- encoders (torch) ---------------------------------------------------------------------
     def _images_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.engine is not None:
-            emb, tok = as_tensors(*self.engine.images(pixels.numpy()))
+        engine = self.engines.get("images")
+        if engine is not None:
+            emb, tok = as_tensors(*engine.images(pixels.numpy()))
             return emb, tok
         pooled, tokens = visual_forward(self.clip.visual, pixels.to(self.device, self._enc_dtype),
                                         self.token_layer)
@@ -200,9 +242,10 @@ class RetrievalModel(AnswerHeadsMixin):
             empty = torch.zeros(ids.shape[0], 1, 1, device=self.device)
             return TextBatch(empty, empty[..., 0].bool(), empty[:, 0, 0].long(), F.normalize(
                 emb.float(), dim=-1))
-        if self.engine is not None:
+        engine = self.engines.get("text")
+        if engine is not None:
             trimmed, eot_np, pad_np = texts_feed(ids.cpu())
-            tok, emb, eot_t, pad_t = as_tensors(*self.engine.texts(trimmed), eot_np, pad_np)
+            tok, emb, eot_t, pad_t = as_tensors(*engine.texts(trimmed), eot_np, pad_np)
             return TextBatch(tok, pad_t, eot_t, emb)
         c = self.clip
         eot = ids.argmax(dim=-1)
@@ -324,13 +367,14 @@ class RetrievalModel(AnswerHeadsMixin):
         one runs the model. Raises FusionUnavailable without fusion weights."""
         if self.fusion is None:
             raise FusionUnavailable("this model has no fusion head")
-        if self.engine is None or not self.engine.has_match:
+        engine = self.engines.get("match")
+        if engine is None or not engine.has_match:
             return self.fusion.score(FUSION_KIND, b)
         feeds = {"image_tokens": b.image_tokens, "image_emb": b.image_emb,
                  "text_tokens": b.text_tokens, "text_mask": b.text_mask,
                  "text_eot": b.text_eot, "text_emb": b.text_emb}
         arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
-        return torch.from_numpy(self.engine.match(arrays))
+        return torch.from_numpy(engine.match(arrays))
 
     @torch.inference_mode()
     def compose_from(

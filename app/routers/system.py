@@ -47,6 +47,7 @@ def info(service: ServiceDep, settings: SettingsDep) -> Info:
         has_ask=bool(m.get("has_ask", False)), has_describe=bool(m.get("has_describe", False)),
         precision=str(m["precision"]), precision_reason=str(m["precision_reason"]),
         device=str(m["device"]), runtime=str(m.get("runtime", "torch")),
+        runtime_parts={str(k): str(v) for k, v in m.get("runtime_parts", {}).items()},
         runtime_reason=str(m.get("runtime_reason", "")), cpu=CpuOut(**cpu_info().as_dict()),
         index=str(s["factory"]), items=int(s["count"]),
         vectors=int(s["vectors"]), rerank_depth=service.rerank_depth,
