@@ -66,8 +66,8 @@ from .http_wrk import (
 )
 
 __all__ = [
-    "BIG_AUTO_SCENARIO", "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL", "FULL_DURATION",
-    "FULL_ITEMS", "GOALS", "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION",
+    "AUTO_SCENARIOS", "BIG_AUTO_SCENARIO", "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL",
+    "FULL_DURATION", "FULL_ITEMS", "GOALS", "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION",
     "QUICK_ITEMS", "SEARCH_PATH", "TAGS", "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request",
     "Search", "big_model_dim", "big_model_search", "bulk_load", "checks", "client_description",
     "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk", "free_port",
@@ -84,6 +84,8 @@ LEVELS = (1, 4, 16)
 BIG_MODEL = "ViT-B-32"
 BIG_LEVELS = (1,)
 BIG_AUTO_SCENARIO = f"search [{BIG_MODEL}, FUSION_RUNTIME=auto]"
+AUTO_SCENARIOS = {"search": "search [FUSION_RUNTIME=auto]",
+                  "search+rerank50": "search+rerank50 [FUSION_RUNTIME=auto]"}
 GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
          "vit_b32_c1_p50_ms": 20.0}
 COMPARE_LEVEL = 4  # full run: search at this many clients with httpx as well, same server
@@ -196,6 +198,22 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
                 levels("search [1 torch thread]", base, pid, search_request(queries, False))
                 levels("search+rerank50 [1 torch thread]", base, pid,
                        search_request(queries, True))
+        runtime_auto: dict[str, Any] = {}
+        from models.runtimes import ENGINES, missing
+
+        if not opts.quick and not all(missing(r) for r in ENGINES):
+            # the same collection with each part on the runtime auto's probe picks on this CPU
+            with server(data_dir, {"FUSION_RERANK_DEPTH": "50", "FUSION_RUNTIME": "auto"},
+                        log) as (base, pid):
+                served = httpx.get(f"{base}/api/v1/info", timeout=60).json()
+                runtime_auto = {k: served.get(k) for k in
+                                ("runtime", "runtime_parts", "runtime_reason")}
+                print(f"  FUSION_RUNTIME=auto serves {MODEL} on {served.get('runtime')}",
+                      flush=True)
+                cold_start(base, queries, n_cold)
+                for plain, scenario in AUTO_SCENARIOS.items():
+                    levels(scenario, base, pid, search_request(queries, plain != "search"),
+                           (1, COMPARE_LEVEL))
         shutil.rmtree(data_dir, ignore_errors=True)  # the disk it holds is not needed any more
         big = big_model_search(work / "data-big", n, captions, queries, log, n_cold, levels,
                                runtime_auto=not opts.quick)
@@ -207,6 +225,7 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
                                                    "index", "items", "trained")},
               "bulk_load": loaded, "data_dir_bytes": catalog_bytes, "token_bytes": token_bytes,
               "memory": memory, "cold_start": cold, "big_model": big, "rows": rows,
+              "runtime_auto": runtime_auto,
               "goals": GOALS, "checks": checks(rows),
               "client": clients["text"], "clients": clients}
     print_table(f"http: {n:,} items, {seconds:.0f} s per level", rows,

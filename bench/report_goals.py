@@ -163,6 +163,21 @@ def index_goals(d: dict[str, Any] | None) -> list[Goal]:
     return out
 
 
+def _with_auto(d: dict[str, Any], scenario: str, limit: float, text: str, verdict: str,
+               missed: bool) -> tuple[str, str]:
+    """A fusion-tiny goal's text and verdict, with the same scenario served under
+    ``FUSION_RUNTIME=auto`` at 4 clients where the run measured it."""
+    auto = scenario_row(d, f"{scenario} [FUSION_RUNTIME=auto]", 4)
+    if auto is None:
+        return text, verdict
+    runtime = (d.get("runtime_auto") or {}).get("runtime", "?")
+    text = (f"torch (the default): {text}; `FUSION_RUNTIME=auto` ({runtime}): p50 "
+            f"{auto['p50_ms']:.1f} ms, p99 {auto['p99_ms']:.1f} ms, {auto['rps']:.0f} req/s")
+    if missed and auto["p50_ms"] <= limit and d["items"] == HTTP_GOAL_ITEMS:
+        verdict = f"met with `FUSION_RUNTIME=auto`; with the default torch {verdict}"
+    return text, verdict
+
+
 def http_goals(d: dict[str, Any] | None) -> list[Goal]:
     area = f"http, fusion-tiny, {HTTP_GOAL_ITEMS:,} items"
     g_s = "text search at 4 clients: p50 ≤10 ms, p99 ≤40 ms, zero errors"
@@ -193,17 +208,21 @@ def http_goals(d: dict[str, Any] | None) -> list[Goal]:
         errors = sum(r["errors"] for r in d["rows"])
         if errors:
             misses.append(f"{errors} errors over all scenarios")
-        out.append(Goal(area, g_s, f"p50 {s4['p50_ms']:.1f} ms, p99 {s4['p99_ms']:.1f} ms, "
-                                   f"{s4['rps']:.0f} req/s; errors in all scenarios: {errors}"
-                                   + size_note, judge(misses)))
+        text, verdict = _with_auto(d, "search", goals["search_c4_p50_ms"],
+                                   f"p50 {s4['p50_ms']:.1f} ms, p99 {s4['p99_ms']:.1f} ms, "
+                                   f"{s4['rps']:.0f} req/s", judge(misses), bool(misses))
+        out.append(Goal(area, g_s, f"{text}; errors in all scenarios: {errors}" + size_note,
+                        verdict))
     r4 = scenario_row(d, "search+rerank50", 4)
     if r4 is None:
         out.append(Goal(area, g_r, NOT_MEASURED, NOT_MEASURED))
     else:
         misses = [] if r4["p50_ms"] <= goals["rerank50_c4_p50_ms"] else \
             ["p50 " + _short(r4["p50_ms"], goals["rerank50_c4_p50_ms"], " ms", False)]
-        out.append(Goal(area, g_r, f"p50 {r4['p50_ms']:.1f} ms, p99 {r4['p99_ms']:.1f} ms"
-                        + size_note, judge(misses)))
+        text, verdict = _with_auto(d, "search+rerank50", goals["rerank50_c4_p50_ms"],
+                                   f"p50 {r4['p50_ms']:.1f} ms, p99 {r4['p99_ms']:.1f} ms",
+                                   judge(misses), bool(misses))
+        out.append(Goal(area, g_r, text + size_note, verdict))
     big = scenario_row(d, "search [ViT-B-32]", 1)
     if big is None:
         out.append(Goal(area_b, g_b, NOT_MEASURED, NOT_MEASURED))
@@ -322,9 +341,15 @@ TRIED = {
             "re-ranking; text-query micro-batching; one torch thread per request; "
             "OMP_WAIT_POLICY=PASSIVE (a 20k-item run gained at 4 clients, the 100k run lost "
             "at 1 client: 4.4 to 7.0 ms, so OpenMP's default stays); for ViT-B-32, "
-            "`FUSION_RUNTIME=auto`, whose ONNX Runtime meets the one-client goal. On two "
-            "cores the client, the event loop and the request threads share the CPU and the "
-            "GIL, which bounds concurrency 4.",
+            "`FUSION_RUNTIME=auto`, whose ONNX Runtime meets the one-client goal. A re-rank "
+            "computes one query's text rows once until they meet the images, scores every "
+            "image's patches in one matmul and runs the last fusion block for the end-of-text "
+            "row alone (the match of 50 images: 36.7 to 12.1 ms on one thread), and encodes "
+            "its query once for both the index and the fusion head; `FUSION_RUNTIME=auto` "
+            "runs each part where it is fastest (fusion-tiny: the query on ONNX Runtime, one "
+            "thread, pool threads sleeping instead of spinning). On two cores the client, the "
+            "event loop and the request threads share the CPU and the GIL, which bounds "
+            "concurrency 4.",
     "ingest": "JPEGs decoded reduced by libjpeg (to at least twice the model input), two "
               "single-thread encoders on alternate batches, decode in a thread pool and one "
               "writer thread committing batches in single transactions, no garbage collection "
