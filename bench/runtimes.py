@@ -172,7 +172,8 @@ def bench_model(name: str, opts: Options, cache: Path) -> dict[str, Any]:
                          "skipped": why})
             continue
         source = int8 if precision == "int8" and int8 else graphs
-        engine = build_engine(runtime, source, "bf16" if precision == "bf16" else "fp32")
+        engine = build_engine(runtime, source, "bf16" if precision == "bf16" else "fp32",
+                              text_macs=fp32.text_macs)
         engine.precision = precision
         fp32.use_engine(engine, "bench")
         try:

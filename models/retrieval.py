@@ -147,6 +147,15 @@ class RetrievalModel(AnswerHeadsMixin):
         return torch.sigmoid(logits / self.temperature + bias)
 
     @property
+    def text_macs(self) -> int:
+        """The text tower's multiply-adds per token (attention 4 w^2, MLP 8 w^2 per block;
+        0 for a tower this cannot read)."""
+        blocks = getattr(getattr(self.clip, "transformer", None), "resblocks", None)
+        if not self._plain_text or blocks is None:
+            return 0
+        return 12 * len(blocks) * self.text_width**2
+
+    @property
     def _torch_precision(self) -> str:
         return _name(self.dtype)
 

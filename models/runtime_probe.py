@@ -82,7 +82,8 @@ def select_runtime(model: RetrievalModel, runtime: str, dtype: torch.dtype,
             raise ModelLoadError(f"FUSION_RUNTIME={runtime} runs on the CPU; the model is on "
                                  f"{model.device} (set FUSION_DEVICE=cpu)")
         precision, why = engine_precision(runtime, dtype)
-        engine = build_engine(runtime, _graphs(model, cache_dir)[0], precision)
+        engine = build_engine(runtime, _graphs(model, cache_dir)[0], precision,
+                              text_macs=model.text_macs)
         return {p: engine for p in PARTS}, f"{runtime} as set, {why}"
     if on_gpu:
         return {}, f"auto: torch, the model runs on {model.device} and the runtimes on the CPU"
@@ -142,11 +143,11 @@ def _auto(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
         reason = f"auto: {verdict['reason']} (probed at this first load, recorded in {record})"
     else:
         reason = f"auto: {verdict['reason']} (recorded in {record} for this CPU)"
-    return _engines(verdict["parts"], graphs), reason
+    return _engines(verdict["parts"], graphs, model.text_macs), reason
 
 
-def _engines(parts: Mapping[str, Mapping[str, str] | None], graphs: dict[str, Path]
-             ) -> dict[str, Engine]:
+def _engines(parts: Mapping[str, Mapping[str, str] | None], graphs: dict[str, Path],
+             text_macs: int) -> dict[str, Engine]:
     """One engine per (runtime, precision) the verdict names, loading only its parts' graphs."""
     wanted: dict[tuple[str, str], list[str]] = {}
     for part, pick in parts.items():
@@ -154,7 +155,8 @@ def _engines(parts: Mapping[str, Mapping[str, str] | None], graphs: dict[str, Pa
             wanted.setdefault((pick["runtime"], pick["precision"]), []).append(part)
     out: dict[str, Engine] = {}
     for (runtime, precision), names in wanted.items():
-        engine = build_engine(runtime, {GRAPH[p]: graphs[GRAPH[p]] for p in names}, precision)
+        engine = build_engine(runtime, {GRAPH[p]: graphs[GRAPH[p]] for p in names}, precision,
+                              text_macs=text_macs)
         out.update(dict.fromkeys(names, engine))
     return out
 
@@ -213,7 +215,7 @@ def probe(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
     for runtime in present:
         precision = engine_precision(runtime, dtype)[0]
         try:
-            engine = build_engine(runtime, graphs, precision)
+            engine = build_engine(runtime, graphs, precision, text_macs=model.text_macs)
         except ModelLoadError as exc:
             candidates[f"{runtime} {precision}"] = {"ok": False, "why": str(exc)}
             continue

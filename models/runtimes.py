@@ -70,10 +70,26 @@ def missing(runtime: str) -> str | None:
     return None
 
 
-def _threads(graph: str, threads: int) -> int:
-    """Threads for one graph: one query's text forward is too short to split across threads
-    (a pool to wake costs more than it saves, and concurrent requests want the other cores)."""
-    return 1 if graph == "text" else threads
+# A text tower with fewer multiply-adds per token than this runs its graph on one thread: one
+# query through fusion-tiny's (0.8M per token) is mostly per-operator overhead, which a pool to
+# wake adds to (ONNX Runtime, 2-core AMD EPYC: 0.94 ms on one thread, 1.26 ms on two, and 4
+# clients' searches 178 -> 194/s); ViT-B-32's (38M) still halves on two threads (23 -> 17 ms).
+SMALL_TEXT_MACS = 4_000_000
+
+
+def text_threads(macs_per_token: int, threads: int) -> int:
+    """Threads for the text graph of a tower doing ``macs_per_token`` per token."""
+    return 1 if 0 < macs_per_token < SMALL_TEXT_MACS else threads
+
+
+class _Threads:
+    """Threads per graph: ``text`` for the text graph, ``threads`` for the others."""
+
+    def __init__(self, threads: int, text: int) -> None:
+        self.threads, self.text = threads, text
+
+    def __call__(self, graph: str) -> int:
+        return self.text if graph == "text" else self.threads
 
 
 class OrtEngine:
@@ -86,7 +102,7 @@ class OrtEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, graphs: Mapping[str, Path], threads: int) -> None:
+    def __init__(self, graphs: Mapping[str, Path], threads: _Threads) -> None:
         import onnxruntime as ort
 
         def options(n: int) -> ort.SessionOptions:
@@ -98,7 +114,7 @@ class OrtEngine:
             return opts
 
         self.precision = "int8" if any("int8" in str(p) for p in graphs.values()) else "fp32"
-        self._s = {g: ort.InferenceSession(str(p), options(_threads(g, threads)),
+        self._s = {g: ort.InferenceSession(str(p), options(threads(g)),
                                            providers=["CPUExecutionProvider"])
                    for g, p in graphs.items()}
 
@@ -124,7 +140,7 @@ class OpenVinoEngine:
 
     name = "openvino"
 
-    def __init__(self, graphs: Mapping[str, Path], threads: int, precision: str) -> None:
+    def __init__(self, graphs: Mapping[str, Path], threads: _Threads, precision: str) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -134,7 +150,7 @@ class OpenVinoEngine:
                     "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": n}
 
         self.precision = precision
-        self._c = {g: core.compile_model(str(p), "CPU", config(_threads(g, threads)))
+        self._c = {g: core.compile_model(str(p), "CPU", config(threads(g)))
                    for g, p in graphs.items()}
         self._local = threading.local()
 
@@ -164,8 +180,10 @@ class OpenVinoEngine:
 
 
 def build_engine(runtime: str, graphs: Mapping[str, Path], precision: str = "fp32",
-                 threads: int | None = None) -> Engine:
-    """An engine over exported graphs. ``precision`` is fp32 or bf16 (bf16: OpenVINO only).
+                 threads: int | None = None, text_macs: int = 0) -> Engine:
+    """An engine over exported graphs. ``precision`` is fp32 or bf16 (bf16: OpenVINO only);
+    ``text_macs``: the text tower's multiply-adds per token (``RetrievalModel.text_macs``),
+    which decides the text graph's threads (:func:`text_threads`; 0: unknown, all threads).
 
     Raises:
         ModelLoadError: an unknown runtime, a runtime that is not installed, or graphs it
@@ -175,11 +193,12 @@ def build_engine(runtime: str, graphs: Mapping[str, Path], precision: str = "fp3
     if why:
         raise ModelLoadError(f"FUSION_RUNTIME={runtime}: {why}")
     n = threads or torch.get_num_threads()
+    per_graph = _Threads(n, text_threads(text_macs, n))
     try:
         if runtime == "onnxruntime":
-            return OrtEngine(graphs, n)
+            return OrtEngine(graphs, per_graph)
         if runtime == "openvino":
-            return OpenVinoEngine(graphs, n, precision)
+            return OpenVinoEngine(graphs, per_graph, precision)
     except Exception as exc:  # each runtime raises its own kinds for a graph it cannot load
         raise ModelLoadError(f"{runtime} could not load the exported graphs: {exc}") from exc
     raise ModelLoadError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")

@@ -202,3 +202,15 @@ def test_search_through_onnxruntime_finds_what_torch_finds(
         assert hits["onnxruntime"][0]["id"] == hits["torch"][0]["id"], (e.caption, hits)
         assert hits["onnxruntime"][0]["score"] == pytest.approx(hits["torch"][0]["score"],
                                                                 abs=1e-3)
+
+
+def test_a_small_text_tower_runs_its_graph_on_one_thread() -> None:
+    """fusion-tiny's text tower (0.8M multiply-adds per token) is per-operator overhead that a
+    thread pool only adds to; ViT-B-32's (38M) is work worth splitting."""
+    from models.runtimes import text_threads
+
+    tiny, big = load_model("fusion-tiny"), load_model("ViT-B-32")
+    assert (tiny.text_macs, big.text_macs) == (12 * 4 * 128**2, 12 * 12 * 512**2)
+    assert text_threads(tiny.text_macs, 2) == 1
+    assert text_threads(big.text_macs, 2) == 2
+    assert text_threads(0, 2) == 2  # a tower whose size is unknown keeps every thread
