@@ -89,7 +89,25 @@ def machine() -> dict[str, Any]:
         # load averages when the result was written: above the benchmark's own use, other work
         # shared the machine
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        # this CPU's speed when the result was written: the same virtual machine ran an fp32
+        # matmul at 178 GFLOP/s one morning and at 85 that afternoon, so absolute timings from
+        # files written at different times compare only through this
+        "matmul_gflops": matmul_gflops(),
     }
+
+
+def matmul_gflops(size: int = 1024, calls: int = 8) -> float:
+    """fp32 GFLOP/s of a ``size``-cubed torch matmul on the benchmark's threads (best call)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * size**3 / best / 1e9, 1)
 
 
 def write_json(opts: Options, name: str, data: dict[str, Any]) -> Path:

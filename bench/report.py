@@ -79,9 +79,11 @@ def _machine_table(res: Results) -> str:
     for name, d in res.items():
         m, r = d["machine"], d.get("run", {})
         rows.append([name, "quick" if d["quick"] else "full", r.get("wall_s"), r.get("cpu_s"),
-                     m["date_utc"], " / ".join(str(x) for x in m.get("loadavg_1_5_15", []))])
+                     m["date_utc"], " / ".join(str(x) for x in m.get("loadavg_1_5_15", [])),
+                     m.get("matmul_gflops", "–")])
     return table(rows, ["benchmark", "run", "wall s", "CPU s", "written (UTC)",
-                        "load average 1/5/15 min when written"])
+                        "load average 1/5/15 min when written",
+                        "fp32 matmul GFLOP/s when written"])
 
 
 def _machine(res: Results) -> str:
