@@ -92,22 +92,18 @@ def machine() -> dict[str, Any]:
         # this CPU's speed when the result was written: the same virtual machine ran an fp32
         # matmul at 178 GFLOP/s one morning and at 85 that afternoon, so absolute timings from
         # files written at different times compare only through this
-        "matmul_gflops": matmul_gflops(),
+        "matmul_gflops": round(matmul_gflops(), 1),
     }
 
 
-def matmul_gflops(size: int = 1024, calls: int = 8) -> float:
-    """fp32 GFLOP/s of a ``size``-cubed torch matmul on the benchmark's threads (best call)."""
+def matmul_gflops(dtype: Any = None, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n^3 matmul in ``dtype`` (default fp32) on this machine now."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return round(2 * size**3 / best / 1e9, 1)
+    a = torch.randn(n, n).to(dtype or torch.float32)
+    b = torch.randn(n, n).to(dtype or torch.float32)
+    best = min(time_calls(lambda: a @ b, repeats, warmup=1))
+    return 2 * n**3 / best / 1e9
 
 
 def write_json(opts: Options, name: str, data: dict[str, Any]) -> Path:

@@ -30,7 +30,7 @@ from models import load_model
 from models.encoder import RetrievalModel, bundled_paths, register_configs
 from models.precision import cpu_info
 
-from .common import Options, latency_stats, print_table, time_calls, write_json
+from .common import Options, latency_stats, matmul_gflops, print_table, time_calls, write_json
 
 MODELS = ("fusion-tiny", "ViT-B-32")
 BATCH = {"fusion-tiny": 64, "ViT-B-32": 32}
@@ -97,14 +97,6 @@ def matmul_size(dtype: torch.dtype) -> int:
     if dtype == torch.bfloat16 and not cpu_info().native_bf16:
         return EMULATED_N
     return MATMUL_N
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = MATMUL_N, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n^3 matmul in ``dtype`` on this machine now."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    best = min(time_calls(lambda: a @ b, repeats, warmup=1))
-    return 2 * n**3 / best / 1e9
 
 
 # ---- the two encoders ---------------------------------------------------------------------------

@@ -81,9 +81,21 @@ def _machine_table(res: Results) -> str:
         rows.append([name, "quick" if d["quick"] else "full", r.get("wall_s"), r.get("cpu_s"),
                      m["date_utc"], " / ".join(str(x) for x in m.get("loadavg_1_5_15", [])),
                      m.get("matmul_gflops", "–")])
-    return table(rows, ["benchmark", "run", "wall s", "CPU s", "written (UTC)",
-                        "load average 1/5/15 min when written",
-                        "fp32 matmul GFLOP/s when written"])
+    out = table(rows, ["benchmark", "run", "wall s", "CPU s", "written (UTC)",
+                       "load average 1/5/15 min when written",
+                       "fp32 matmul GFLOP/s when written"])
+    rates = {n: d["machine"]["matmul_gflops"] for n, d in res.items()
+             if d["machine"].get("matmul_gflops")}
+    encode = (res.get("encode") or {}).get("matmul_gflops", {}).get("fp32")
+    if encode:  # the encode benchmark times the same matmul at its own start
+        rates.setdefault("encode", encode)
+    if rates and max(rates.values()) > 1.25 * min(rates.values()):
+        slow, fast = min(rates, key=rates.__getitem__), max(rates, key=rates.__getitem__)
+        out += (f"\n\nThe CPU did not run at one speed for all files: fp32 matmul "
+                f"{rates[slow]:.0f} GFLOP/s when {slow} was written against {rates[fast]:.0f} for "
+                f"{fast} (a virtual machine shares its host). Absolute timings compare across "
+                "files only through that; every ratio on this page is within one file.")
+    return out
 
 
 def _machine(res: Results) -> str:
