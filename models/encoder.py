@@ -22,7 +22,7 @@ from .ask import bundled_answer_heads, load_ask, load_describe
 from .device import resolve_device
 from .errors import ModelLoadError
 from .fusion import FusionConfig, FusionHeads
-from .precision import choose_precision, native_bf16, quicker_text_dtype
+from .precision import choose_precision, native_bf16, precision_name, quicker_text_dtype
 from .rerank import RERANK_COS, RERANK_MATCH, rerank_scores
 from .retrieval import FUSION_KIND, RetrievalModel
 from .text_tower import TextBatch
@@ -188,7 +188,7 @@ def load_model(
     if on_torch and (dtype, text_dtype) != (torch.float32, torch.float32):
         model = build(dtype, text_dtype)  # the parts torch keeps run at the chosen precision
     for engine in {id(e): e for e in engines.values()}.values():
-        if engine.precision != ("bf16" if dtype == torch.bfloat16 else "fp32"):
+        if engine.precision != precision_name(dtype):
             model.precision_reason += f"; {engine.name} runs {engine.precision}"
     model.use_engines(engines, reason)
     return model

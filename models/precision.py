@@ -103,6 +103,11 @@ def choose_precision(precision: str, device: str, cpu: CpuInfo | None = None
                            "bf16 would be emulated, slower than fp32")
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """``bf16`` or ``fp32``: how /api/v1/info and the runtimes name a torch dtype."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
 def resolve_dtype(precision: str, device: str, cpu: CpuInfo | None = None) -> torch.dtype:
     """Map the precision setting (auto | fp32 | bf16) to a torch dtype for the encoders."""
     return choose_precision(precision, device, cpu)[0]

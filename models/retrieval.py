@@ -19,15 +19,12 @@ from PIL import Image
 from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
 from .fusion import Batch, FusionHeads
+from .precision import precision_name
 from .runtimes import PARTS, Engine, as_tensors, texts_feed
 from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
 from .towers import visual_forward
 
 FUSION_KIND = "attention"
-
-
-def _name(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -156,14 +153,10 @@ class RetrievalModel(AnswerHeadsMixin):
         return 12 * len(blocks) * self.text_width**2
 
     @property
-    def _torch_precision(self) -> str:
-        return _name(self.dtype)
-
-    @property
     def precision(self) -> str:
         """The image encoder's precision (where the bulk of the arithmetic is)."""
         images = self.engines.get("images")
-        return images.precision if images is not None else self._torch_precision
+        return images.precision if images is not None else precision_name(self.dtype)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -176,8 +169,9 @@ class RetrievalModel(AnswerHeadsMixin):
         out = {}
         for p in self.parts:
             e = self.engines.get(p)
-            out[p] = (f"{e.name} {e.precision}" if e is not None else
-                      f"torch {self._torch_precision if p != 'text' else _name(self.text_dtype)}")
+            dtype = self.text_dtype if p == "text" else self.dtype
+            out[p] = (f"{e.name} {e.precision}" if e is not None
+                      else f"torch {precision_name(dtype)}")
         return out
 
     @property

@@ -31,7 +31,7 @@ import torch
 
 from .errors import ModelLoadError
 from .export import ExportError, cached_graphs
-from .precision import cpu_info
+from .precision import cpu_info, precision_name
 from .retrieval import FUSION_KIND, RetrievalModel
 from .runtimes import (
     ENGINES,
@@ -51,10 +51,6 @@ PROBE_IMAGES = 8
 PROBE_DEPTH = 20  # the service's default re-rank depth
 GRAPH = {"images": "image", "text": "text", "match": "match"}  # part -> exported graph
 RULE = f"per part >= {MIN_SPEEDUP}x, cosine >= {MIN_COSINE}"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def select_runtime(model: RetrievalModel, runtime: str, dtype: torch.dtype,
@@ -119,8 +115,8 @@ def probe_key(runtimes: list[str], dtype: torch.dtype, text_dtype: torch.dtype) 
             versions.append(f"{r}=?")
     return "|".join([cpu.model, ",".join(cpu.flags), f"threads={torch.get_num_threads()}",
                      f"torch={torch.__version__}", *versions,
-                     f"rule={RULE}", _dtype_name(dtype),
-                     _dtype_name(text_dtype)])
+                     f"rule={RULE}", precision_name(dtype),
+                     precision_name(text_dtype)])
 
 
 def _auto(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
@@ -209,8 +205,8 @@ def probe(model: RetrievalModel, graphs: dict[str, Path], present: list[str],
         return t
 
     base = timings(served)
-    torch_name = (f"torch {_dtype_name(dtype)}" if dtype == text_dtype else
-                  f"torch {_dtype_name(dtype)} (text {_dtype_name(text_dtype)})")
+    torch_name = (f"torch {precision_name(dtype)}" if dtype == text_dtype else
+                  f"torch {precision_name(dtype)} (text {precision_name(text_dtype)})")
     candidates: dict[str, Any] = {}
     for runtime in present:
         precision = engine_precision(runtime, dtype)[0]
