@@ -219,7 +219,7 @@ def _at_eot(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), eot]
 
 
-def _one_text(b: Batch) -> bool:
+def one_text_batch(b: Batch) -> bool:
     """Whether every pair of ``b`` holds the same text as a broadcast view (stride 0), as
     ``RetrievalModel`` builds a re-rank's batch: one query against many images."""
     return (b.text_tokens.shape[0] > 1 and b.text_tokens.stride(0) == 0
@@ -258,7 +258,7 @@ class AttentionFusion(nn.Module):
         everywhere else (under 1 % on the object), so it would explain a hit by its background.
         """
         fast = not torch.is_grad_enabled()
-        one_text = fast and _one_text(b)  # text rows computed once until they meet an image
+        one_text = fast and one_text_batch(b)  # text rows computed once until they meet images
         text = b.text_tokens[:1] if one_text else b.text_tokens
         pad, eot = (b.text_mask[:1], b.text_eot[:1]) if one_text else (b.text_mask, b.text_eot)
         x = self.text_in(text)

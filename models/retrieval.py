@@ -18,7 +18,7 @@ from PIL import Image
 
 from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
-from .fusion import Batch, FusionHeads
+from .fusion import Batch, FusionHeads, one_text_batch
 from .precision import precision_name
 from .runtimes import PARTS, Engine, as_tensors, texts_feed
 from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
@@ -373,9 +373,11 @@ class RetrievalModel(AnswerHeadsMixin):
         engine = self.engines.get("match")
         if engine is None or not engine.has_match:
             return self.fusion.score(FUSION_KIND, b)
+        # one text for every image goes in as one row: the graph broadcasts it
+        rows = slice(0, 1) if one_text_batch(b) else slice(None)
         feeds = {"image_tokens": b.image_tokens, "image_emb": b.image_emb,
-                 "text_tokens": b.text_tokens, "text_mask": b.text_mask,
-                 "text_eot": b.text_eot, "text_emb": b.text_emb}
+                 "text_tokens": b.text_tokens[rows], "text_mask": b.text_mask[rows],
+                 "text_eot": b.text_eot[rows], "text_emb": b.text_emb[rows]}
         arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
         return torch.from_numpy(engine.match(arrays))
 
