@@ -29,7 +29,7 @@ import numpy.typing as npt
 from index.catalog import Item
 from index.catalog_factory import CatalogBackend
 from index.choice import DEFAULT_THRESHOLDS, Thresholds, parse_bytes
-from index.errors import IndexNotReady, ItemNotFound, StoreError
+from index.errors import CatalogUnavailable, IndexNotReady, ItemNotFound, StoreError
 from index.files import FileStore
 from index.store_open import CATALOG_NAME, FILES_DIR, INDEX_DIR, SNAPSHOT_NAME, open_parts
 from index.store_search import vector_search
@@ -91,8 +91,9 @@ class Store:
         snapshot and replays the changes it lacks, or rebuilds it from the catalog when it is
         missing or unusable, or when the collection has outgrown its index type.
 
-        ``shared``: other processes may open the data dir shared too; each one's writes reach
-        this store's searches within ``follow_interval`` seconds (its own at once). Cleanup at
+        ``shared``: other processes may open the data dir shared too; a search applies their
+        writes logged before it began, and a follower thread applies them every
+        ``follow_interval`` seconds in between. Cleanup at
         start runs only when no other process holds the data dir. Not shared, the store holds
         the data dir alone.
 
@@ -195,6 +196,18 @@ class Store:
         with self._write_lock:
             self._check_open()
             return self._copy.catch_up()
+
+    def _see_others_writes(self) -> None:
+        """Shared: apply the writes other processes logged before this read began, so a
+        search finds every upload acknowledged before it started, whichever process took it
+        (one look at the log's last seq; the follower applies them between searches too)."""
+        if not self._access.shared:
+            return
+        try:
+            if self._catalog.last_seq() > self._copy.seq:
+                self.catch_up()
+        except CatalogUnavailable:
+            pass  # the index as held; the follower carries on when the database is back
 
     @property
     def seq(self) -> int:
@@ -306,6 +319,7 @@ class Store:
         dimension, IndexNotReady when the vector index is unavailable or the store closed.
         """
         self._check_open()
+        self._see_others_writes()
         return vector_search(
             self._copy.vectors,
             self._catalog,

@@ -38,19 +38,34 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> float:
 def test_writes_of_one_store_reach_another_through_the_log(
     open_store: OpenStore, make_upload: MakeUpload
 ) -> None:
-    a = open_store(shared=True, follow_interval=60)  # followed by hand below
+    a = open_store(shared=True, follow_interval=60)  # no follower step during the test
     b = open_store(shared=True, follow_interval=60)
     (item, dup), = a.add_many([make_upload(1, tags=["x"])])
     assert not dup and hit_ids(a, make_upload(1))[0] == item.id  # the writer sees it at once
-    assert item.id not in hit_ids(b, make_upload(1))
-    assert b.catch_up() == 1
+    assert b.seq == 0 and b.stats()["vectors"] == 0  # the other store has not looked yet
+    # ... and its next search does: it applies the log before it reads (read your writes,
+    # whichever process took the upload)
     assert hit_ids(b, make_upload(1))[0] == item.id
+    assert b.seq == 1 and b.catch_up() == 0
     assert hit_ids(b, make_upload(1), tags=["x"]) == [item.id]
     b.delete(item.id)
-    assert a.catch_up() == 2  # its own add (held already) and b's delete
+    assert a.catch_up() == 1  # b's delete
     assert item.id not in hit_ids(a, make_upload(1))
     assert a.stats()["vectors"] == b.stats()["vectors"] == 0
     assert b.catch_up() == 1 and a.catch_up() == 0 and a.seq == b.seq == 2
+
+
+def test_a_search_applies_what_was_logged_before_it_without_a_follower_step(
+    open_store: OpenStore, make_upload: MakeUpload
+) -> None:
+    a = open_store(shared=True, follow_interval=60)
+    b = open_store(shared=True, follow_interval=60)
+    items = [item for item, _ in a.add_many([make_upload(i, tags=["t"]) for i in (4, 5, 6)])]
+    assert hit_ids(b, make_upload(5), k=1) == [items[1].id]
+    assert sorted(hit_ids(b, make_upload(5), tags=["t"])) == sorted(i.id for i in items)
+    a.delete(items[1].id)
+    assert items[1].id not in hit_ids(b, make_upload(5))
+    assert b.stats()["vectors"] == 2  # the vector is gone from b's index, not only hidden
 
 
 def test_a_follower_applies_other_writes_within_its_interval(
