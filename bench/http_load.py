@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import shutil
 import tempfile
@@ -67,6 +68,7 @@ from .http_wrk import (
 
 __all__ = [
     "AUTO_SCENARIOS", "BIG_AUTO_SCENARIO", "BIG_LEVELS", "BIG_MODEL", "COMPARE_LEVEL",
+    "WORKERS_ENV", "workers_scenario",
     "FULL_DURATION", "FULL_ITEMS", "GOALS", "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION",
     "QUICK_ITEMS", "SEARCH_PATH", "TAGS", "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request",
     "Search", "big_model_dim", "big_model_search", "bulk_load", "checks", "client_description",
@@ -86,6 +88,14 @@ BIG_LEVELS = (1,)
 BIG_AUTO_SCENARIO = f"search [{BIG_MODEL}, FUSION_RUNTIME=auto]"
 AUTO_SCENARIOS = {"search": "search [FUSION_RUNTIME=auto]",
                   "search+rerank50": "search+rerank50 [FUSION_RUNTIME=auto]"}
+# ``serve --workers N`` with N = the cores, one torch thread each, under auto: one process's
+# interpreter lock keeps it near 1.3 of 2 cores under 4 clients
+WORKERS_ENV = {"FUSION_RERANK_DEPTH": "50", "FUSION_RUNTIME": "auto", "FUSION_TORCH_THREADS": "1"}
+
+
+def workers_scenario(plain: str, workers: int) -> str:
+    return f"{plain} [{workers} workers, FUSION_RUNTIME=auto]"
+
 GOALS = {"search_c4_p50_ms": 10.0, "search_c4_p99_ms": 40.0, "rerank50_c4_p50_ms": 30.0,
          "vit_b32_c1_p50_ms": 20.0}
 COMPARE_LEVEL = 4  # full run: search at this many clients with httpx as well, same server
@@ -199,6 +209,7 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
                 levels("search+rerank50 [1 torch thread]", base, pid,
                        search_request(queries, True))
         runtime_auto: dict[str, Any] = {}
+        workers = os.cpu_count() or 1
         from models.runtimes import ENGINES, missing
 
         if not opts.quick and not all(missing(r) for r in ENGINES):
@@ -214,6 +225,13 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
                 for plain, scenario in AUTO_SCENARIOS.items():
                     levels(scenario, base, pid, search_request(queries, plain != "search"),
                            (1, COMPARE_LEVEL))
+            if workers > 1:
+                with server(data_dir, WORKERS_ENV, log, workers) as (base, pid):
+                    print(f"  serve --workers {workers}, one torch thread each", flush=True)
+                    cold_start(base, queries, n_cold)
+                    for plain in AUTO_SCENARIOS:
+                        levels(workers_scenario(plain, workers), base, pid,
+                               search_request(queries, plain != "search"), (1, COMPARE_LEVEL))
         shutil.rmtree(data_dir, ignore_errors=True)  # the disk it holds is not needed any more
         big = big_model_search(work / "data-big", n, captions, queries, log, n_cold, levels,
                                runtime_auto=not opts.quick)
@@ -226,6 +244,7 @@ def run(opts: Options, items: int | None = None, duration: float | None = None,
               "bulk_load": loaded, "data_dir_bytes": catalog_bytes, "token_bytes": token_bytes,
               "memory": memory, "cold_start": cold, "big_model": big, "rows": rows,
               "runtime_auto": runtime_auto,
+              "workers": {"count": workers, "env": WORKERS_ENV} if runtime_auto else None,
               "goals": GOALS, "checks": checks(rows),
               "client": clients["text"], "clients": clients}
     print_table(f"http: {n:,} items, {seconds:.0f} s per level", rows,

@@ -31,21 +31,54 @@ def rss_bytes(pid: int) -> dict[str, int]:
     return {"rss": out.get("VmRSS", 0), "peak": out.get("VmHWM", 0)}
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a uvicorn supervisor's workers)."""
+    try:
+        return [int(c) for c in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def cpu_ticks(pid: int) -> float:
-    """CPU seconds (user + system) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) a process and its live children have used."""
+    total = 0.0
+    for p in (pid, *children(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _serving_workers(pid: int, data_dir: Path) -> int:
+    """How many worker processes under ``pid`` hold ``data_dir``'s store open (its write
+    lock file: their model loaded before it)."""
+    lock = str(data_dir / ".write.lock")
+    n = 0
+    for child in children(pid):
+        try:
+            n += lock in {os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()}
+        except OSError:  # exited meanwhile
+            continue
+    return n
 
 
 @contextmanager
-def server(data_dir: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
-    """A uvicorn process serving the app on a free port: yields (base url, pid)."""
+def server(data_dir: Path, env: dict[str, str], log: Path, workers: int = 1
+           ) -> Iterator[tuple[str, int]]:
+    """A uvicorn process serving the app on a free port (``workers`` > 1: a supervisor and
+    that many worker processes, yielded once every one has its store open): yields (base url,
+    pid)."""
     port = free_port()
     full_env = {**os.environ, "FUSION_DATA_DIR": str(data_dir), "FUSION_MODEL": MODEL,
                 "HF_HUB_OFFLINE": "1", **env}
     cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
            "--no-access-log"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
                                 cwd=Path(__file__).resolve().parents[1])
@@ -53,6 +86,11 @@ def server(data_dir: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str
     try:
         try:
             wait_ready(base, proc, timeout=600)
+            deadline = time.monotonic() + 600
+            while workers > 1 and _serving_workers(proc.pid, data_dir) < workers:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{workers} workers did not all start; see its log")
+                time.sleep(0.2)
         except (RuntimeError, TimeoutError):
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
             raise

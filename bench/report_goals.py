@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .http_load import workers_scenario
 from .report_cells import MET, NOT_MEASURED, mib, pct, point, setting, times
 from .report_lookups import (
     Results,
@@ -164,17 +165,38 @@ def index_goals(d: dict[str, Any] | None) -> list[Goal]:
 
 
 def _with_auto(d: dict[str, Any], scenario: str, limit: float, text: str, verdict: str,
-               missed: bool) -> tuple[str, str]:
+               missed: bool, p99_limit: float | None = None) -> tuple[str, str]:
     """A fusion-tiny goal's text and verdict, with the same scenario served under
-    ``FUSION_RUNTIME=auto`` at 4 clients where the run measured it."""
+    ``FUSION_RUNTIME=auto`` at 4 clients, by one process and by one per core, where the run
+    measured them (met: p50 within ``limit``, p99 within ``p99_limit`` where given)."""
     auto = scenario_row(d, f"{scenario} [FUSION_RUNTIME=auto]", 4)
     if auto is None:
         return text, verdict
     runtime = (d.get("runtime_auto") or {}).get("runtime", "?")
     text = (f"torch (the default): {text}; `FUSION_RUNTIME=auto` ({runtime}): p50 "
             f"{auto['p50_ms']:.1f} ms, p99 {auto['p99_ms']:.1f} ms, {auto['rps']:.0f} req/s")
-    if missed and auto["p50_ms"] <= limit and d["items"] == HTTP_GOAL_ITEMS:
-        verdict = f"met with `FUSION_RUNTIME=auto`; with the default torch {verdict}"
+    n = (d.get("workers") or {}).get("count") or 0
+    many = scenario_row(d, workers_scenario(scenario, n), 4) if n > 1 else None
+    if many is not None:
+        text += (f"; `serve --workers {n}` under auto, one torch thread each: p50 "
+                 f"{many['p50_ms']:.1f} ms, p99 {many['p99_ms']:.1f} ms, "
+                 f"{many['rps']:.0f} req/s")
+    if not missed or d["items"] != HTTP_GOAL_ITEMS:
+        return text, verdict
+
+    def meets(row: dict[str, Any]) -> bool:
+        return row["p50_ms"] <= limit and (p99_limit is None or row["p99_ms"] <= p99_limit)
+
+    if meets(auto):
+        return text, f"met with `FUSION_RUNTIME=auto`; with the default torch {verdict}"
+    if many is not None and meets(many):
+        return text, (f"met with `serve --workers {n}` and `FUSION_RUNTIME=auto`; with the "
+                      f"default torch {verdict}")
+    if many is not None:
+        short = (f"p50 {_short(many['p50_ms'], limit, ' ms', False)}"
+                 if many["p50_ms"] > limit or p99_limit is None
+                 else f"p99 {_short(many['p99_ms'], p99_limit, ' ms', False)}")
+        verdict += f"; closest: `--workers {n}` under auto, {short}"
     return text, verdict
 
 
@@ -210,7 +232,8 @@ def http_goals(d: dict[str, Any] | None) -> list[Goal]:
             misses.append(f"{errors} errors over all scenarios")
         text, verdict = _with_auto(d, "search", goals["search_c4_p50_ms"],
                                    f"p50 {s4['p50_ms']:.1f} ms, p99 {s4['p99_ms']:.1f} ms, "
-                                   f"{s4['rps']:.0f} req/s", judge(misses), bool(misses))
+                                   f"{s4['rps']:.0f} req/s", judge(misses), bool(misses),
+                                   goals["search_c4_p99_ms"])
         out.append(Goal(area, g_s, f"{text}; errors in all scenarios: {errors}" + size_note,
                         verdict))
     r4 = scenario_row(d, "search+rerank50", 4)
