@@ -25,6 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FUSION_DATA_DIR"] = str(args.data)
     if args.demo:
         os.environ["FUSION_DEMO"] = "true"
+    if args.workers > 1 and not os.environ.get("FUSION_TORCH_THREADS"):
+        # N processes share the cores: each gets its share of threads, not all of them (on 2
+        # cores, 2 workers of one thread answer about twice the searches of one worker)
+        os.environ["FUSION_TORCH_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
+                                                     // args.workers))
     # Refused starts end here with one message and status 2, before a port is bound or the
     # model loads (a failure in the app's lifespan would print uvicorn's stack trace).
     try:
@@ -186,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true", help="seed generated scenes when empty")
     s.add_argument("--log-level", default="info")
     s.add_argument("--workers", type=_positive, default=1,
-                   help="server processes on this port and data dir (each loads the model)")
+                   help="server processes on this port and data dir (each loads the model and "
+                        "runs on cores/N threads unless FUSION_TORCH_THREADS says otherwise)")
     s.set_defaults(fn=_serve)
 
     s = sub.add_parser("ingest", help="add images from folders, files or a TSV")

@@ -283,6 +283,9 @@ class Info(BaseModel):
         "which precision, e.g. {\"text\": \"onnxruntime fp32\"}")
     runtime_reason: str = Field("", description="why this runtime: the setting, or what "
                                 "`auto` measured on this CPU")
+    threads: int = Field(0, description="CPU threads this process's model runs on "
+                         "(FUSION_TORCH_THREADS; else all cores, or with `fusion-search serve "
+                         "--workers N` each worker's share of them)")
     cpu: CpuOut
     index: str
     items: int

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .http_load import workers_scenario
 from .report_cells import NOT_MEASURED, cell, mib, pct, point, setting, table, times
 from .report_lookups import (
     at_recall,
@@ -13,6 +14,7 @@ from .report_lookups import (
     client_of,
     hnsw_pair,
     micro_batching,
+    scenario_row,
 )
 from .report_runtimes import runtimes
 
@@ -160,6 +162,7 @@ def http(d: dict[str, Any]) -> str:
                         off["p99_ms"]] for c, on, off in pairs],
                       ["clients", "req/s on", "req/s off", "on/off", "p50 ms on", "p50 ms off",
                        "on/off", "p99 ms on", "p99 ms off"]), ""]
+    out += _workers(d)
     cold = d["cold_start"]
     out.append(f"Cold start: the first {cold['requests']} queries of a fresh server, p50 "
                f"{cold['p50_ms']:.1f} ms, max {cold['max_ms']:.0f} ms.")
@@ -173,6 +176,23 @@ def http(d: dict[str, Any]) -> str:
         out.append(f"The {big['model']} server over its {big['items']:,} items: idle RSS "
                    f"{mib(big['memory_idle']['rss'])}.")
     return "\n".join(out)
+
+
+def _workers(d: dict[str, Any]) -> list[str]:
+    """One worker per core against one process at 4 clients, both under auto, same run."""
+    n = (d.get("workers") or {}).get("count") or 0
+    lines = []
+    for plain in ("search", "search+rerank50"):
+        one = scenario_row(d, f"{plain} [FUSION_RUNTIME=auto]", 4)
+        many = scenario_row(d, workers_scenario(plain, n), 4) if n > 1 else None
+        if one and many and one["rps"]:
+            lines.append(f"{plain} {times(many['rps'] / one['rps'])} the requests/s, p50 "
+                         f"{one['p50_ms']:.1f} to {many['p50_ms']:.1f} ms")
+    if not lines:
+        return []
+    return [f"One worker per core (`fusion-search serve --workers {n}`, one torch thread each) "
+            "against one process, both under `FUSION_RUNTIME=auto`, 4 clients, same run: "
+            + "; ".join(lines) + ". Each worker holds its own model and index in memory.", ""]
 
 
 def ingest(d: dict[str, Any]) -> str:

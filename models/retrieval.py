@@ -200,6 +200,7 @@ class RetrievalModel(AnswerHeadsMixin):
             "runtime": self.runtime,
             "runtime_parts": self.runtime_parts,
             "runtime_reason": self.runtime_reason,
+            "threads": torch.get_num_threads(),
             "image_size": list(self.image_size),
             "image_tokens": [self.num_image_tokens, self.image_token_width],
             "context_length": self.context_length,

@@ -259,11 +259,12 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
+    env = _env(FUSION_DATA_DIR=str(tmp_path / "data"))
+    del env["FUSION_TORCH_THREADS"], env["OMP_NUM_THREADS"]  # serve picks each worker's share
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [*_cli(), "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-            cwd=tmp_path, env=_env(FUSION_DATA_DIR=str(tmp_path / "data")),
-            stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
         wait_ready(proc, url, START_TIMEOUT_S)
@@ -279,6 +280,8 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         for _ in range(3):  # every search, whichever worker takes it, finds every upload
             for i, item_id in ids.items():
                 assert _finds(url, i, item_id), f"a search missed upload {i}"
+        share = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores, split between the two
+        assert {_info(url)["threads"] for _ in range(6)} == {share}
     except BaseException:
         print(log.read_text(errors="replace")[-3000:])
         raise
