@@ -353,8 +353,8 @@ TRIED = {
               "this CPU runs a bf16 matmul than an fp32 one in the same process (the matmul "
               "line under Encoding); ViT-B-32 already reaches most of that bf16 rate. On a CPU "
               "without bf16 (AVX2 only) torch stays fp32 and the ratio is about 1×: the "
-              "runtimes' int8 (ONNX Runtime, 1.26× on an AMD EPYC) is the one lower-precision "
-              "path there, and its cosine (0.97) is below the goal's 0.999.",
+              "runtimes' int8 (ONNX Runtime, 1.26–1.40× in runs on an AMD EPYC) is the one "
+              "lower-precision path there, and its cosine (0.97) is below the goal's 0.999.",
     "index": "the chooser's nprobe default (nlist / 256, it was nlist / 64) and the wrapper's "
              "hit lists built from tolist(); the wrapper still maps labels through FAISS's "
              "IndexIDMap2, which the raw index does not.",
