@@ -93,9 +93,8 @@ class Store:
 
         ``shared``: other processes may open the data dir shared too; a search applies their
         writes logged before it began, and a follower thread applies them every
-        ``follow_interval`` seconds in between. Cleanup at
-        start runs only when no other process holds the data dir. Not shared, the store holds
-        the data dir alone.
+        ``follow_interval`` seconds in between. Cleanup at start runs only when no other
+        process holds the data dir. Not shared, the store holds the data dir alone.
 
         ``database_url`` (``postgresql://...``) keeps the catalog in PostgreSQL instead of the
         data dir's SQLite file; ``files_dir`` puts the image files elsewhere than ``files/`` in
