@@ -1,4 +1,9 @@
-"""Dependencies shared by the routers, as Annotated aliases."""
+"""Dependencies shared by the routers, as Annotated aliases.
+
+Every dependency here is ``async def``: FastAPI runs a plain ``def`` dependency in the thread
+pool, one hand-off per dependency per request (with the GIL to pass back and forth), and these
+only read app state and compare a header.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,15 @@ _write_key = APIKeyHeader(name="X-API-Key", scheme_name=WRITE_SCHEME, auto_error
 _read_key = APIKeyHeader(name="X-API-Key", scheme_name=READ_SCHEME, auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_service(request: Request) -> SearchService:
+async def get_settings(request: Request) -> Settings:
+    return _settings(request)
+
+
+async def get_service(request: Request) -> SearchService:
     service = getattr(request.app.state, "service", None)
     if service is None:
         raise ApiError(503, "not_ready", "the model and index are still loading")
@@ -38,18 +47,18 @@ def _check_key(settings: Settings, given: str | None) -> None:
         raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
 
 
-def require_write(
+async def require_write(
     request: Request, key: Annotated[str | None, Security(_write_key)]
 ) -> None:
     """Writes need the API key whenever one is configured."""
-    _check_key(get_settings(request), key)
+    _check_key(_settings(request), key)
 
 
-def require_read(
+async def require_read(
     request: Request, key: Annotated[str | None, Security(_read_key)]
 ) -> None:
     """Reads need the API key only with FUSION_PROTECT_READS=true."""
-    settings = get_settings(request)
+    settings = _settings(request)
     if settings.protect_reads:
         _check_key(settings, key)
 

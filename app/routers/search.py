@@ -36,17 +36,16 @@ router = APIRouter(tags=["search"], responses=ERROR_RESPONSES, dependencies=[Rea
 Q = TypeVar("Q", ImageIdSearch, ComposedIdSearch)
 
 
-def _hit(request: Request, hit: ScoredHit) -> Hit:
+def _hit_fields(request: Request, hit: ScoredHit) -> dict[str, Any]:
     item = hit.item
-    return Hit(id=item.id, score=round(hit.score, SHOWN_DECIMALS),
-               match=None if hit.match is None else round(hit.match, SHOWN_DECIMALS),
-               caption=item.caption, tags=item.tags,
-               file_url=file_url(request, item.id))
+    return {"id": item.id, "score": round(hit.score, SHOWN_DECIMALS),
+            "match": None if hit.match is None else round(hit.match, SHOWN_DECIMALS),
+            "caption": item.caption, "tags": item.tags, "file_url": file_url(request, item.id)}
 
 
 def _response(request: Request, results: Results, fusion: str) -> SearchResponse:
     return SearchResponse(
-        hits=[_hit(request, h) for h in results.hits],
+        hits=[Hit(**_hit_fields(request, h)) for h in results.hits],
         took_ms=results.took_ms, reranked=results.reranked, fusion=fusion,
     )
 
@@ -54,7 +53,7 @@ def _response(request: Request, results: Results, fusion: str) -> SearchResponse
 def _text_response(request: Request, results: Results, fusion: str,
                    mode: Literal["vector", "keyword", "hybrid"]) -> TextSearchResponse:
     return TextSearchResponse(
-        hits=[TextHit(**_hit(request, h).model_dump(), original_name=h.item.original_name,
+        hits=[TextHit(**_hit_fields(request, h), original_name=h.item.original_name,
                       vector_rank=h.vector_rank, keyword_rank=h.keyword_rank)
               for h in results.hits],
         took_ms=results.took_ms, reranked=results.reranked, fusion=fusion, mode=mode,
@@ -90,10 +89,13 @@ def _fusion(service: Any) -> str:
 
 @router.post("/search/text", response_model=TextSearchResponse,
              summary="Text -> image search: vector, keyword or hybrid, with a relevance cut-off")
-def search_text(request: Request, body: TextSearch, service: ServiceDep) -> TextSearchResponse:
-    results = service.search_text(body.query, body.k, body.tags, body.rerank, mode=body.mode,
-                                  cutoff=CutOff(body.min_match, body.min_score),
-                                  keyword_syntax=body.keyword_syntax)
+async def search_text(request: Request, body: TextSearch, service: ServiceDep
+                      ) -> TextSearchResponse:
+    # async, with the search itself in the thread pool: a plain ``def`` endpoint would also
+    # validate its response there, two hand-offs per request instead of one
+    results = await run_in_threadpool(
+        service.search_text, body.query, body.k, body.tags, body.rerank, mode=body.mode,
+        cutoff=CutOff(body.min_match, body.min_score), keyword_syntax=body.keyword_syntax)
     return _text_response(request, results, _fusion(service), body.mode)
 
 
@@ -166,6 +168,6 @@ async def search_composed_upload(request: Request, service: ServiceDep,
 
 @router.post("/explain", response_model=Explanation,
              summary="Why this hit: attention of the text over the image's patches")
-def explain(body: ExplainRequest, service: ServiceDep) -> Explanation:
-    out = service.explain(body.image_id, body.text)
+async def explain(body: ExplainRequest, service: ServiceDep) -> Explanation:
+    out = await run_in_threadpool(service.explain, body.image_id, body.text)
     return Explanation(image_id=body.image_id, text=body.text, **out)  # type: ignore[arg-type]
