@@ -63,9 +63,18 @@ def longest(examples: list[syn.Example]) -> str:
 
 def agreement(m: RetrievalModel, examples: list[syn.Example], ref: dict[str, np.ndarray]
               ) -> dict[str, float]:
+    """Each part against fp32 torch on its own: the match on torch's image tokens and
+    embeddings, so that an images part on another runtime (``auto`` may put it there within
+    cosine 0.999) does not show up as the match graph's error."""
     emb, tok = m.encode_images_with_tokens([e.image for e in examples])
     texts = m.encode_texts([e.caption for e in examples])
-    return {"image_cos": float((emb * ref["emb"]).sum(-1).min()),
+    flat, flat_ref = tok.astype(np.float32).reshape(-1, tok.shape[-1]), ref["tok"].astype(
+        np.float32).reshape(-1, tok.shape[-1])
+    tok_cos = (flat * flat_ref).sum(-1) / (np.linalg.norm(flat, axis=-1)
+                                           * np.linalg.norm(flat_ref, axis=-1))
+    image_cos = float((emb * ref["emb"]).sum(-1).min())
+    tok, emb = ref["tok"], ref["emb"]
+    return {"image_cos": image_cos, "token_cos": float(tok_cos.min()),
             "text_cos": float((texts * ref["texts"]).sum(-1).min()),
             "match": float(np.abs(m.match(tok, [examples[0].caption], emb) - ref["match"]).max()),
             "pairs": float(np.abs(m.match(tok, [e.caption for e in examples], emb)
@@ -82,7 +91,7 @@ def test_onnxruntime_matches_torch_and_reuses_its_export(
     assert (info["runtime"], info["precision"]) == ("onnxruntime", "fp32")
     assert info["runtime_reason"].startswith("onnxruntime as set")
     got = agreement(m, examples, reference)
-    assert got["image_cos"] >= 0.999 and got["text_cos"] >= 0.999, got
+    assert min(got["image_cos"], got["token_cos"], got["text_cos"]) >= 0.999, got
     # probabilities: one text for every image, a text per image, one long text and one image
     assert max(got["match"], got["pairs"], got["single"]) < 1e-3, got
     (folder,) = [p for p in cache.iterdir() if p.name.startswith("fusion-tiny-")]
@@ -103,7 +112,8 @@ def test_openvino_matches_torch(cache: Path, examples: list[syn.Example],
     expected = "bf16" if precision == "auto" and native_bf16() else "fp32"
     assert (m.info()["runtime"], m.info()["precision"]) == ("openvino", expected)
     got = agreement(m, examples, reference)
-    assert got["image_cos"] >= 0.999 and got["text_cos"] >= 0.999, got
+    assert min(got["image_cos"], got["text_cos"]) >= 0.999, got
+    assert got["token_cos"] >= (0.99 if expected == "bf16" else 0.999), got
     assert max(got["match"], got["single"]) < (2e-2 if expected == "bf16" else 1e-3), got
 
 
@@ -161,8 +171,12 @@ def test_auto_records_its_verdict_for_this_cpu(cache: Path, examples: list[syn.E
         winner = verdict["candidates"][f"{pick['runtime']} {pick['precision']}"]
         assert winner["ratios"][part] >= 1.3 and winner["cosine"] >= 0.999, winner
     got = agreement(m, examples, reference)
-    assert got["image_cos"] >= 0.999 and got["text_cos"] >= 0.999, got
-    assert max(got["match"], got["pairs"], got["single"]) < 1e-3, got
+    # bf16 where the CPU has it (OpenVINO's hint, torch's autocast): the openvino test's bounds
+    bf16 = {part: "bf16" in name for part, name in parts.items()}
+    assert min(got["image_cos"], got["text_cos"]) >= 0.999, (got, parts)
+    assert got["token_cos"] >= (0.99 if bf16["images"] else 0.999), (got, parts)
+    assert max(got["match"], got["pairs"], got["single"]) < (2e-2 if bf16["match"] else 1e-3), \
+        (got, parts)
     again = load_model(runtime="auto", cache_dir=cache)
     assert "recorded in" in again.info()["runtime_reason"]
     assert again.info()["runtime_parts"] == parts
