@@ -52,7 +52,7 @@ def cpu_ticks(pid: int) -> float:
     return total
 
 
-def _serving_workers(pid: int, data_dir: Path) -> int:
+def serving_workers(pid: int, data_dir: Path) -> int:
     """How many worker processes under ``pid`` hold ``data_dir``'s store open (its write
     lock file: their model loaded before it)."""
     lock = str(data_dir / ".write.lock")
@@ -63,6 +63,18 @@ def _serving_workers(pid: int, data_dir: Path) -> int:
         except OSError:  # exited meanwhile
             continue
     return n
+
+
+def wait_for_workers(proc: subprocess.Popen[bytes], data_dir: Path, workers: int,
+                     timeout: float = 600) -> None:
+    """Until ``workers`` processes under the supervisor ``proc`` have their store open (one
+    process serves alone: nothing to wait for). Raises RuntimeError when the supervisor exits
+    or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while workers > 1 and serving_workers(proc.pid, data_dir) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} workers did not all start; see its log")
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -86,11 +98,7 @@ def server(data_dir: Path, env: dict[str, str], log: Path, workers: int = 1
     try:
         try:
             wait_ready(base, proc, timeout=600)
-            deadline = time.monotonic() + 600
-            while workers > 1 and _serving_workers(proc.pid, data_dir) < workers:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{workers} workers did not all start; see its log")
-                time.sleep(0.2)
+            wait_for_workers(proc, data_dir, workers)
         except (RuntimeError, TimeoutError):
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
             raise

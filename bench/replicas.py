@@ -38,7 +38,7 @@ from typing import Any
 from .common import Options, latency_stats, print_table, resolve_out, write_json
 from .http_clients import drive, search_request
 from .http_collection import load_with_tokens, png_bytes
-from .http_server import MODEL, free_port, server, wait_ready
+from .http_server import MODEL, free_port, server, wait_for_workers, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 8
@@ -158,7 +158,7 @@ def serve_workers(data_dir: Path, workers: int, log: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc, timeout=900)
-        _wait_for_workers(proc.pid, data_dir, workers)
+        wait_for_workers(proc, data_dir, workers, timeout=900)
         yield base
     finally:
         proc.terminate()
@@ -167,26 +167,6 @@ def serve_workers(data_dir: Path, workers: int, log: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _wait_for_workers(pid: int, data_dir: Path, workers: int, timeout: float = 900) -> None:
-    """Until ``workers`` processes under ``pid`` hold the data dir open (their store is open)."""
-    if workers == 1:
-        return
-    lock = str(data_dir / ".write.lock")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        holding = 0
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            try:
-                holding += lock in [os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()]
-            except OSError:
-                continue
-        if holding >= workers:
-            time.sleep(1.0)  # its lifespan ends right after the store opens
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{workers} workers not up")
 
 
 def measure_throughput(work: Path, items: int, duration: float, log: Path) -> list[dict[str, Any]]:

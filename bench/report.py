@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,8 +103,10 @@ def _machine(res: Results) -> str:
     facts = {name: d["machine"] for name, d in res.items()}
     keys = ("cpu", "cpu_flags", "cores", "ram_gib", "native_bf16", "torch", "torch_threads",
             "open_clip", "faiss", "numpy", "python")
-    distinct = {json.dumps([m.get(k) for k in keys]) for m in facts.values()}
-    m = next(iter(facts.values()))
+    key = {name: json.dumps([m.get(k) for k in keys]) for name, m in facts.items()}
+    counts = Counter(key.values())
+    common = max(counts, key=counts.__getitem__)  # the machine most files were written on
+    m = next(facts[name] for name in facts if key[name] == common)
     flags = m.get("cpu_flags")
     flag_text = (f"flags {', '.join(flags) if flags else 'none'} of avx2, avx512f, avx512_vnni, "
                  "avx512_bf16, amx_bf16" if flags is not None else "flags not recorded")
@@ -114,10 +117,10 @@ def _machine(res: Results) -> str:
             f"torch {m['torch']} "
             f"({m['torch_threads']} threads), open_clip {m['open_clip']}, FAISS {m['faiss']}, "
             f"NumPy {m['numpy']}, Python {m['python']}.")
-    if len(distinct) > 1:
-        line += " The files were not all written on this machine: " + "; ".join(
+    if len(counts) > 1:
+        line += " Not written on this machine: " + "; ".join(
             f"{n}: {f['cpu']} ({', '.join(f.get('cpu_flags') or []) or 'flags not recorded'}), "
-            f"{f['cores']} cores, torch {f['torch']}" for n, f in facts.items())
+            f"{f['cores']} cores, torch {f['torch']}" for n, f in facts.items() if key[n] != common)
     return line
 
 
