@@ -211,7 +211,7 @@ class RetrievalModel(AnswerHeadsMixin):
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize the shorter side (bicubic), centre-crop and normalise, as open_clip does."""
         h, w = self.image_size
-        out = np.empty((len(images), 3, h, w), np.float32)
+        pixels = np.empty((len(images), h, w, 3), np.uint8)
         for i, img in enumerate(images):
             img = img if img.mode == "RGB" else img.convert("RGB")
             if img.size != (w, h):
@@ -220,8 +220,14 @@ class RetrievalModel(AnswerHeadsMixin):
                 img = img.resize((nw, nh), Image.Resampling.BICUBIC)
                 left, top = (nw - w) // 2, (nh - h) // 2
                 img = img.crop((left, top, left + w, top + h))
-            arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-            out[i] = ((arr - self.mean) / self.std).transpose(2, 0, 1)
+            pixels[i] = np.asarray(img)
+        # (x / 255 - mean) / std as one multiply-add per channel over the whole batch: a third
+        # of the per-image float passes it replaces
+        out = np.empty((len(images), 3, h, w), np.float32)
+        scale, shift = 1.0 / (255.0 * self.std), -self.mean / self.std
+        for c in range(3):
+            np.multiply(pixels[..., c], scale[c], out=out[:, c], casting="unsafe")
+            out[:, c] += shift[c]
         return torch.from_numpy(out)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:

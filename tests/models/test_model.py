@@ -47,6 +47,20 @@ def test_any_image_size_and_mode_is_preprocessed(model) -> None:
     assert model.encode_images(imgs).shape == (2, model.embed_dim)
 
 
+def test_preprocess_gives_open_clips_own_pixels(model) -> None:
+    """The batch preprocess (resize, crop, normalise) equals open_clip's transform per image,
+    whatever the size, aspect and mode."""
+    register_configs()
+    _, _, transform = open_clip.create_model_and_transforms("fusion-tiny")
+    scene = syn.example("test", 3, size=256).image
+    imgs = [scene.resize((300, 120)), scene.resize((90, 200)), scene.resize((64, 64)),
+            scene.resize((257, 256)).convert("L"), scene.convert("RGBA")]
+    got = model.preprocess(imgs).numpy()
+    want = np.stack([transform(im.convert("RGB")).numpy() for im in imgs])
+    assert got.shape == want.shape == (5, 3, *model.image_size)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_long_text_is_truncated_not_rejected(model) -> None:
     vec = model.encode_texts(["a red circle " * 2000, "\x00nul🙂", ""])
     assert vec.shape == (3, model.embed_dim) and np.isfinite(vec).all()
