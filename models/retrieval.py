@@ -224,7 +224,8 @@ class RetrievalModel(AnswerHeadsMixin):
         # (x / 255 - mean) / std as one multiply-add per channel over the whole batch: a third
         # of the per-image float passes it replaces
         out = np.empty((len(images), 3, h, w), np.float32)
-        scale, shift = 1.0 / (255.0 * self.std), -self.mean / self.std
+        scale = np.reciprocal(255.0 * self.std, dtype=np.float32)
+        shift = np.divide(-self.mean, self.std, dtype=np.float32)
         for c in range(3):
             np.multiply(pixels[..., c], scale[c], out=out[:, c], casting="unsafe")
             out[:, c] += shift[c]
