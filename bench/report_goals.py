@@ -349,9 +349,13 @@ def _end_to_end_goal(mem_d: dict[str, Any] | None) -> Goal:
 TRIED = {
     "encode": "bf16 weights and inputs where the CPU has native bf16 (autocast was slower), "
               "inference mode, one to four threads, channels-last input and torch.compile: the "
-              "settings table under Encoding. The images ratio is bounded by how much faster "
-              "this CPU runs a bf16 matmul than an fp32 one in the same process (the matmul "
-              "line under Encoding); ViT-B-32 already reaches most of that bf16 rate. On a CPU "
+              "settings table under Encoding. ViT-B-32 is timed in batches of 64, the ingest "
+              "command's default (16 and 32 until 2026-12-03: bf16 gains more than fp32 from "
+              "the larger batch on AMX), and the preprocess normalises a batch's pixels as one "
+              "multiply-add per channel (0.5 against 1.3 ms per 224-pixel image). The images "
+              "ratio is bounded by how much faster this CPU runs a bf16 matmul than an fp32 "
+              "one in the same process (the matmul line under Encoding); ViT-B-32 already "
+              "reaches most of that bf16 rate. On a CPU "
               "without bf16 (AVX2 only) torch stays fp32 and the ratio is about 1×: the "
               "runtimes' int8 (ONNX Runtime, 1.26–1.40× in runs on an AMD EPYC) is the one "
               "lower-precision path there, and its cosine (0.97) is below the goal's 0.999.",
