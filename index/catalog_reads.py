@@ -132,17 +132,23 @@ def stack_tokens(wanted: Sequence[int], found: TokenBlobs) -> npt.NDArray[np.flo
     Raises ItemNotFound for an id with no row, TokensUnavailable for a row stored without
     tokens or with tokens of another shape than the first row's.
     """
-    arrays: list[npt.NDArray[np.float16]] = []
-    for item_id in wanted:
+    out: npt.NDArray[np.float16] | None = None
+    shape: tuple[int, ...] = ()
+    shape_seen = ""
+    for j, item_id in enumerate(wanted):
         if item_id not in found:
             raise ItemNotFound(item_id)
         blob, shape_text = found[item_id]
         if blob is None or not shape_text:
             raise TokensUnavailable(item_id, "stored without tokens")
-        shape = tuple(int(s) for s in shape_text.split(","))
-        if arrays and shape != arrays[0].shape:
-            raise TokensUnavailable(item_id, f"shape {shape} differs from {arrays[0].shape}")
-        arrays.append(np.frombuffer(blob, dtype="<f2").reshape(shape).astype(np.float16))
-    if not arrays:
+        if shape_text != shape_seen:  # parsed once, not once per row
+            row_shape = tuple(int(s) for s in shape_text.split(","))
+            if out is not None and row_shape != shape:
+                raise TokensUnavailable(item_id, f"shape {row_shape} differs from {shape}")
+            shape, shape_seen = row_shape, shape_text
+        if out is None:  # one array, each row copied into it once
+            out = np.empty((len(wanted), *shape), dtype=np.float16)
+        out[j] = np.frombuffer(blob, dtype="<f2").reshape(shape)
+    if out is None:
         return np.zeros((0, 0, 0), dtype=np.float16)
-    return np.stack(arrays)
+    return out

@@ -6,7 +6,8 @@ Three graphs, each with a dynamic batch (and, for texts, a dynamic length):
 * ``text.onnx``: token ids trimmed to the longest text (N, L) -> final-layer tokens (N, L, W) and
   the L2-normalised embedding (N, D), read at the end-of-text token as ``RetrievalModel`` does;
 * ``match.onnx``: the attention head's raw match logit (N,) of N images (tokens, embeddings)
-  against N texts or one text (:class:`MatchGraph`).
+  against N texts or one text (``models.folded_match.FoldedMatch``, the arithmetic torch runs
+  too).
 
 The graphs are exported from the fp32 weights (``torch.onnx.export``, the TorchScript exporter,
 opset :data:`OPSET`). They live in ``<cache>/<name>-<weights hash>/`` so a new set of weights
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion import AttentionFusion, FusionBlock, FusionHeads
+from .folded_match import FoldedMatch
+from .fusion import AttentionFusion, FusionHeads
 from .text_tower import causal_blocks, lean_blocks_apply, plain_text_tower
 from .towers import visual_forward
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 # bumped whenever the exported graphs change meaning, so old caches are not reused
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 GRAPHS = ("image", "text", "match")
 CACHE_ENV = "FUSION_RUNTIME_CACHE"
 _export_lock = threading.Lock()
@@ -105,141 +107,6 @@ class TextGraph(nn.Module):
         return x, F.normalize(pooled, dim=-1)
 
 
-class TraceableAttention(nn.Module):
-    """``nn.MultiheadAttention`` (batch first, no attention weights out) in plain operations.
-
-    Traced, the module's own forward bakes the example's text length into its reshapes, so a
-    graph exported with one length fails on another; this one reshapes by -1 instead, and a
-    ``key_padding_mask`` of one row masks every batch entry alike. Same weights, same
-    arithmetic: the exported head matches the torch one to rounding."""
-
-    def __init__(self, attn: nn.MultiheadAttention) -> None:
-        super().__init__()
-        self.attn = attn
-        self.heads = attn.num_heads
-
-    def _split(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        n = x.shape[0]
-        return F.linear(x, w, b).reshape(n, -1, self.heads, w.shape[0] // self.heads
-                                          ).transpose(1, 2)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, **_: Any
-                ) -> tuple[torch.Tensor, None]:
-        a = self.attn
-        wq, wk, wv = a.in_proj_weight.chunk(3)
-        bq, bk, bv = a.in_proj_bias.chunk(3) if a.in_proj_bias is not None else (None,) * 3
-        qh, kh, vh = self._split(q, wq, bq), self._split(k, wk, bk), self._split(v, wv, bv)
-        scores = qh @ kh.transpose(-1, -2) * (qh.shape[-1] ** -0.5)
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        out = (torch.softmax(scores, dim=-1) @ vh).transpose(1, 2)
-        return a.out_proj(out.reshape(q.shape[0], -1, q.shape[2])), None
-
-
-def _rows_at(x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """Each row's end-of-text token (B, 1, W) of ``x`` (B, L, W); ``eot`` is (B,) or (1,)."""
-    index = eot.expand(x.shape[0])[:, None, None].expand(-1, 1, x.shape[2])
-    return torch.gather(x, 1, index)
-
-
-def _cross_attention(attn: nn.MultiheadAttention, norm: nn.LayerNorm, q: torch.Tensor,
-                     patches: torch.Tensor) -> torch.Tensor:
-    """:func:`models.fusion.factored_cross_attention` as broadcast matmuls that trace with
-    dynamic sizes: ``q`` (M, L, W) holds one text row per image (M = N) or one text for every
-    image (M = 1); ``patches`` (N, T, W) the images' patches standardised without the block's
-    LayerNorm affine, which is folded into the key and value weights here instead of applied
-    to every patch: with ``norm(x) = n * g + b``, a query's scores change by a constant per
-    row (which softmax drops) and the values by ``W_v b``, since a row of weights sums to 1.
-    Returns (N, L, W)."""
-    width = patches.shape[2]
-    heads = attn.num_heads
-    d = width // heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, _, b_v = (attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None
-                   else (None, None, None))
-    if norm.weight is not None:
-        w_k, w_v = w_k * norm.weight, w_v * norm.weight
-    if norm.bias is not None:
-        shift = attn.in_proj_weight.chunk(3)[2] @ norm.bias
-        b_v = shift if b_v is None else b_v + shift
-    m = q.shape[0]
-    qh = F.linear(q, w_q, b_q).reshape(-1, heads, d).transpose(0, 1)  # (H, M*L, d)
-    q_img = torch.bmm(qh, w_k.reshape(heads, d, width)) * (d**-0.5)  # (H, M*L, W)
-    q_img = q_img.reshape(heads, m, -1, width).transpose(0, 1).reshape(m, -1, width)
-    probs = torch.softmax(torch.matmul(q_img, patches.transpose(1, 2)), dim=-1)  # (N, H*L, T)
-    mixed = torch.matmul(probs, patches).reshape(patches.shape[0], heads, -1, width)
-    out = torch.matmul(mixed, w_v.reshape(heads, d, width).transpose(1, 2))  # (N, H, L, d)
-    if b_v is not None:
-        out = out + b_v.reshape(heads, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(patches.shape[0], -1, width))
-
-
-def _image_side(head: AttentionFusion, image_tokens: torch.Tensor) -> torch.Tensor:
-    """The patches every block's cross-attention reads, standardised once: ``image_in`` with
-    its bias, position and coordinates added as one (T, W) constant, then LayerNorm without
-    affine (each block's own ``ln_image`` affine goes into its weights,
-    :func:`_cross_attention`)."""
-    bias: torch.Tensor | float = (head.image_in.bias if head.image_in.bias is not None
-                                  else 0.0)
-    if head.image_pos is not None:
-        bias = bias + head.image_pos
-    if head.image_xy is not None:
-        bias = bias + head.image_xy()
-    image = F.linear(image_tokens, head.image_in.weight) + bias
-    blocks: list[FusionBlock] = list(head.blocks)  # type: ignore[arg-type]
-    eps = blocks[0].ln_image.eps if blocks else 1e-5
-    return F.layer_norm(image, (head.image_in.out_features,), eps=eps)
-
-
-class MatchGraph(nn.Module):
-    """The attention head's raw match logit (N,) of N images against N texts (pairs) or one
-    text (M = 1: a re-rank's one query against every image).
-
-    The head's inference path (``AttentionFusion.readout`` without autograd) in operations
-    that trace with dynamic sizes and broadcast one text over the images: the text rows are
-    computed once until they meet the images, the cross-attention is factored (the few text
-    queries carried into the patches' width instead of every patch projected), the patches
-    are standardised once for every block (each block's LayerNorm affine folded into its
-    weights: median 11.5 against 12.5 ms for a re-rank of 50 with a LayerNorm per block, one
-    ONNX Runtime thread, AMD EPYC) and the last block computes the end-of-text row alone.
-    Exported as the module's training path it ran slower on ONNX Runtime than torch's
-    inference path did (0.76x on fusion-tiny's re-rank of 50), so ``auto`` never chose a
-    runtime for the match.
-    """
-
-    def __init__(self, heads: FusionHeads, kind: str) -> None:
-        super().__init__()
-        head = heads.heads[kind]
-        if not isinstance(head, AttentionFusion):
-            raise ExportError(f"only the attention head's match is exported, not {kind!r}")
-        self.head = head
-        blocks: list[FusionBlock] = list(head.blocks)  # type: ignore[arg-type]
-        self.self_attn = nn.ModuleList(TraceableAttention(b.self_attn) for b in blocks)
-
-    def forward(self, image_tokens: torch.Tensor, image_emb: torch.Tensor,
-                text_tokens: torch.Tensor, text_mask: torch.Tensor, text_eot: torch.Tensor,
-                text_emb: torch.Tensor) -> torch.Tensor:
-        h = self.head
-        x = h.text_in(text_tokens)
-        patches = _image_side(h, image_tokens)
-        blocks: list[FusionBlock] = list(h.blocks)  # type: ignore[arg-type]
-        for i, block in enumerate(blocks):
-            hx = block.ln_self(x)
-            attn = self.self_attn[i]
-            if i == len(blocks) - 1:  # only the end-of-text row is read out
-                x = _rows_at(x, text_eot) + attn(_rows_at(hx, text_eot), hx, hx,
-                                                 key_padding_mask=text_mask)[0]
-            else:
-                x = x + attn(hx, hx, hx, key_padding_mask=text_mask)[0]
-            x = x + _cross_attention(block.cross_attn, block.ln_image, block.ln_cross(x),
-                                     patches)
-            x = x + block.ff(block.ln_ff(x))
-        feat = h.ln_out((x if blocks else _rows_at(x, text_eot))[:, 0])
-        cos = (image_emb * text_emb).sum(-1)
-        return h.match_head(feat).squeeze(-1) + h.cos_scale * cos  # type: ignore[no-any-return]
-
-
 def exportable(clip: Any) -> str | None:
     """None when this backbone's towers can be exported, else why not."""
     if not plain_text_tower(clip) or not lean_blocks_apply(clip.transformer):
@@ -289,7 +156,10 @@ def export_graphs(clip: Any, fusion: FusionHeads | None, kind: str, out: Path,
             pad = torch.arange(7)[None, :] > torch.tensor([6, 4])[:, None]
             args = (tok.float(), emb, ttok, pad, torch.tensor([6, 4]), temb)
             m, ml = {0: "m"}, {0: "m", 1: "length"}  # m: n texts, or 1 for every image
-            _export(MatchGraph(fusion, kind), args, paths["match"],
+            head = fusion.heads[kind]
+            if not isinstance(head, AttentionFusion):
+                raise ExportError(f"only the attention head's match is exported, not {kind!r}")
+            _export(FoldedMatch(head).float(), args, paths["match"],
                     {"image_tokens": n, "image_emb": n, "text_tokens": ml, "text_mask": ml,
                      "text_eot": m, "text_emb": m}, {"logit": n})
     except Exception as exc:  # torch.onnx raises many kinds

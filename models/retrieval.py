@@ -18,7 +18,8 @@ from PIL import Image
 
 from .ask import AnswerHeadsMixin
 from .errors import FusionUnavailable
-from .fusion import Batch, FusionHeads, one_text_batch
+from .folded_match import FoldedMatch
+from .fusion import AttentionFusion, Batch, FusionHeads, one_text_batch
 from .precision import precision_name
 from .runtimes import PARTS, Engine, as_tensors, texts_feed
 from .text_tower import TextBatch, causal_blocks, lean_blocks_apply, plain_text_tower
@@ -106,6 +107,11 @@ class RetrievalModel(AnswerHeadsMixin):
         self._lean_text = self._plain_text and lean_blocks_apply(clip.transformer)
         self.engines: dict[str, Engine] = {}  # part (models.runtimes.PARTS) -> its engine
         self.runtime_reason = "torch"
+        head = self.fusion.heads[FUSION_KIND] if self.fusion is not None and \
+            FUSION_KIND in self.fusion.heads else None
+        # torch's match at inference: the head's weights folded once, in the model's precision
+        self._folded = (FoldedMatch(head).to(self.device, dtype).eval()
+                        if isinstance(head, AttentionFusion) else None)
 
     def use_engine(self, engine: Engine | None, reason: str) -> None:
         """Run the encoders and the match head on ``engine`` (None: torch), and say why."""
@@ -341,8 +347,10 @@ class RetrievalModel(AnswerHeadsMixin):
                 tb.eot.expand(n),
                 tb.emb.expand(n, -1),
             )
+        # torch converts float16 to float32 several times faster than NumPy does
         return Batch(
-            image_tokens=torch.from_numpy(np.asarray(tokens, np.float32)).to(self.device),
+            image_tokens=torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device,
+                                                                            torch.float32),
             image_emb=torch.from_numpy(np.asarray(embeddings, np.float32)).to(self.device),
             text_tokens=tb.tokens.float(),
             text_mask=tb.pad,
@@ -379,13 +387,18 @@ class RetrievalModel(AnswerHeadsMixin):
         if self.fusion is None:
             raise FusionUnavailable("this model has no fusion head")
         engine = self.engines.get("match")
-        if engine is None or not engine.has_match:
+        if (engine is None or not engine.has_match) and self._folded is None:
             return self.fusion.score(FUSION_KIND, b)
         # one text for every image goes in as one row: the graph broadcasts it
         rows = slice(0, 1) if one_text_batch(b) else slice(None)
         feeds = {"image_tokens": b.image_tokens, "image_emb": b.image_emb,
                  "text_tokens": b.text_tokens[rows], "text_mask": b.text_mask[rows],
                  "text_eot": b.text_eot[rows], "text_emb": b.text_emb[rows]}
+        if engine is None or not engine.has_match:
+            assert self._folded is not None
+            dtype = self._folded.dtype
+            return self._folded(*(v.to(dtype) if v.is_floating_point() else v
+                                  for v in feeds.values())).float()
         arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
         return torch.from_numpy(engine.match(arrays))
 

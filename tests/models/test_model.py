@@ -136,7 +136,7 @@ def test_match_is_the_calibrated_probability_and_rerank_order_ignores_calibratio
     query = exs[0].caption
     probs = model.match(tok, [query], embeddings=emb)
     with torch.inference_mode():
-        raw = model.fusion.score("attention", model._fusion_batch(tok, emb, [query])).numpy()
+        raw = model.match_logits(model._fusion_batch(tok, emb, [query])).numpy()
     bias = model.fusion.match_bias
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-(raw / model.temperature + bias))),
                                atol=1e-5)
