@@ -28,7 +28,6 @@ from .report_goals import (
     INDEX_GOAL_N,
     INGEST_GOAL_IMAGES,
     MEMORY_SIZES,
-    TRIED,
     Goal,
     encode_goals,
     goals,
@@ -44,6 +43,7 @@ from .report_scaling import REPRODUCE as SCALING_REPRODUCE
 from .report_scaling import TITLE as SCALING_TITLE
 from .report_scaling import scaling, scaling_goals
 from .report_sections import SECTIONS, encode, http, index, ingest, memory
+from .report_tried import TRIED
 
 __all__ = [
     "DOC", "HTTP_GOAL_ITEMS", "INDEX_GOAL_N", "INGEST_GOAL_IMAGES", "MEMORY_SIZES", "MET", "NAMES",

@@ -346,64 +346,6 @@ def _end_to_end_goal(mem_d: dict[str, Any] | None) -> Goal:
                 "reported" + (" (quick run)" * bool(mem_d["quick"])))
 
 
-TRIED = {
-    "encode": "bf16 weights and inputs where the CPU has native bf16 (autocast was slower), "
-              "inference mode, one to four threads, channels-last input and torch.compile: the "
-              "settings table under Encoding. ViT-B-32 is timed in batches of 64, the ingest "
-              "command's default (16 and 32 until 2026-12-03: bf16 gains more than fp32 from "
-              "the larger batch on AMX), and the preprocess normalises a batch's pixels as one "
-              "multiply-add per channel (0.5 against 1.3 ms per 224-pixel image). The images "
-              "ratio is bounded by how much faster this CPU runs a bf16 matmul than an fp32 "
-              "one in the same process (the matmul line under Encoding); ViT-B-32 already "
-              "reaches most of that bf16 rate. On a CPU "
-              "without bf16 (AVX2 only) torch stays fp32 and the ratio is about 1×: the "
-              "runtimes' int8 (ONNX Runtime, 1.26–1.40× in runs on an AMD EPYC) is the one "
-              "lower-precision path there, and its cosine (0.97) is below the goal's 0.999.",
-    "index": "the chooser's nprobe default (nlist / 256, it was nlist / 64) and the wrapper's "
-             "hit lists built from tolist(); the wrapper still maps labels through FAISS's "
-             "IndexIDMap2, which the raw index does not.",
-    "http": "wrk as the load generator instead of a Python client on the same two cores; the "
-            "text tower's attention kernel called directly, in fp32 where one query is faster "
-            "so; file URLs resolved once instead of per hit; factored cross-attention for "
-            "re-ranking; text-query micro-batching; one torch thread per request; "
-            "OMP_WAIT_POLICY=PASSIVE (a 20k-item run gained at 4 clients, the 100k run lost "
-            "at 1 client: 4.4 to 7.0 ms, so OpenMP's default stays); for ViT-B-32, "
-            "`FUSION_RUNTIME=auto`, whose ONNX Runtime met the one-client goal while this CPU ran "
-            "at full speed (p50 15.0 ms against torch's 32.9, the 10:11 UTC run of 2026-12-02 "
-            "at 178 GFLOP/s; not at half speed). A re-rank "
-            "computes one query's text rows once until they meet the images, scores every "
-            "image's patches in one matmul and runs the last fusion block for the end-of-text "
-            "row alone (the match of 50 images for a 15-token caption on one thread: 58 to 33 ms, "
-            "the old and new code alternated at the same time), and encodes "
-            "its query once for both the index and the fusion head; `FUSION_RUNTIME=auto` "
-            "runs each part where it is fastest (fusion-tiny: the query on ONNX Runtime, one "
-            "thread, pool threads sleeping instead of spinning; the re-rank's match too, since "
-            "the exported match graph is the head's inference path, one text broadcast over the "
-            "images, where the training path it replaced ran at 0.76x torch). One process keeps "
-            "about 1.3 of the 2 cores busy at 4 clients (the interpreter lock): one worker per "
-            "core (`serve --workers 2`, one torch thread each) answers 1.6x the searches and 2x "
-            "the re-ranks of one process in the same run, and each worker's searches apply "
-            "the change log first, so any worker finds an upload another one acknowledged. "
-            "Per request, a text search hands off to the thread pool once (its dependencies "
-            "and endpoint are async; a plain `def` ran each dependency and the response "
-            "check in the pool too), reads the rows of the k hits shown instead of the whole "
-            "re-rank depth, and the match graph standardises the patches once for both "
-            "blocks: server CPU per search at one client 8.1 to 7.3 ms, per re-rank of 50 "
-            "26.6 to 23.2 ms (old and new code alternated, 100k items, Intel Xeon, "
-            "2026-12-02 20:10 UTC). "
-            "What is left at 4 clients on 2 cores is each request's own CPU time: a re-rank of "
-            "50 takes about 22 ms of it (server CPU per request, the workers lines), so two "
-            "cores cannot answer four of them at once within 30 ms; of those, the match of 50 "
-            "images is about 10 ms (its image-side projection and the first block's "
-            "feed-forward over every text row of every image are two fifths of it), reading "
-            "50 images' patch tokens from SQLite about 2.",
-    "ingest": "JPEGs decoded reduced by libjpeg (to at least twice the model input), two "
-              "single-thread encoders on alternate batches, decode in a thread pool and one "
-              "writer thread committing batches in single transactions, no garbage collection "
-              "during start-up. Start-up (imports and model load) is counted in the ratio.",
-}
-
-
 def _memory_line(r: dict[str, Any]) -> str:
     return (f"`{r['index']}`: idle {mib(r['rss_idle'])}, after {r['searches']} re-ranked "
             f"searches {mib(r['rss_after_search'])}, peak {mib(r['rss_peak'])}; patch tokens "
