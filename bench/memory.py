@@ -44,7 +44,9 @@ QUICK_ITEMS = (500,)
 SEARCHES = 200  # re-ranked text searches (depth 50) before the second reading
 QUICK_SEARCHES = 40
 LEVELS = (1, 4)  # concurrent clients for the latency figures
-FULL_DURATION, QUICK_DURATION = 20.0, 0.5  # seconds per level, after a warm-up
+# seconds per level, after a warm-up; the quick run's must hold a few of ViT-B-32's queries
+# (100+ ms each on 2 busy cores) or a level can end with none answered
+FULL_DURATION, QUICK_DURATION = 20.0, 2.0
 
 
 def latency(name: str, base: str, pid: int, queries: list[str], rerank: bool,

@@ -422,14 +422,16 @@ class RetrievalModel(AnswerHeadsMixin):
 
     @torch.inference_mode()
     def explain(self, tokens: np.ndarray, embedding: np.ndarray, text: str) -> dict[str, Any]:
-        """Cross-attention of the text's end token over the image patches, as a grid."""
+        """Cross-attention of the text's end token over the image patches, as a grid, and the
+        match probability re-ranking gives the pair."""
         if self.fusion is None:
             raise FusionUnavailable("this model has no attention-fusion weights to explain with")
         b = self._fusion_batch(tokens[None], embedding[None], [text])
         head = self.fusion.heads[FUSION_KIND]
-        feat, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
-        logit = head.score_from(feat, b)  # type: ignore[operator]
-        prob = float(self.calibrated(logit).squeeze())
+        _, weights = head.readout(b, need_weights=True)  # type: ignore[operator]
+        # the probability from the path that scored the hit (precision, runtime), so the page
+        # shows one figure for both
+        prob = float(self.calibrated(self.match_logits(b)).squeeze())
         w = weights[0].float().cpu().numpy() if weights is not None else np.zeros(tokens.shape[0])
         side = int(math.isqrt(len(w)))
         grid = w[: side * side].reshape(side, side) if side * side == len(w) else w[None, :]
