@@ -387,20 +387,22 @@ class RetrievalModel(AnswerHeadsMixin):
         if self.fusion is None:
             raise FusionUnavailable("this model has no fusion head")
         engine = self.engines.get("match")
-        if (engine is None or not engine.has_match) and self._folded is None:
+        if engine is not None and not engine.has_match:
+            engine = None
+        if engine is None and self._folded is None:
             return self.fusion.score(FUSION_KIND, b)
         # one text for every image goes in as one row: the graph broadcasts it
         rows = slice(0, 1) if one_text_batch(b) else slice(None)
         feeds = {"image_tokens": b.image_tokens, "image_emb": b.image_emb,
                  "text_tokens": b.text_tokens[rows], "text_mask": b.text_mask[rows],
                  "text_eot": b.text_eot[rows], "text_emb": b.text_emb[rows]}
-        if engine is None or not engine.has_match:
-            assert self._folded is not None
-            dtype = self._folded.dtype
-            return self._folded(*(v.to(dtype) if v.is_floating_point() else v
-                                  for v in feeds.values())).float()
-        arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
-        return torch.from_numpy(engine.match(arrays))
+        if engine is not None:
+            arrays = {k: np.ascontiguousarray(v.cpu().numpy()) for k, v in feeds.items()}
+            return torch.from_numpy(engine.match(arrays))
+        assert self._folded is not None
+        dtype = self._folded.dtype
+        return self._folded(*(v.to(dtype) if v.is_floating_point() else v
+                              for v in feeds.values())).float()
 
     @torch.inference_mode()
     def compose_from(
