@@ -56,6 +56,9 @@ _registered = False
 _register_lock = threading.Lock()
 
 
+LOCAL_DIR = "local-dir:"  # open_clip: config and weights from a folder
+
+
 def register_configs() -> None:
     """Register the bundled architecture JSON files with open_clip (idempotent)."""
     global _registered
@@ -72,6 +75,14 @@ def bundled_paths(name: str) -> tuple[Path, Path, Path]:
         WEIGHTS_DIR / f"{name}.fusion.safetensors",
         WEIGHTS_DIR / f"{name}.fusion.json",
     )
+
+
+def _local_dir_has_weights(name: str) -> bool:
+    """Whether ``name`` is open_clip's ``local-dir:<folder>`` with a checkpoint in the folder."""
+    if not name.startswith(LOCAL_DIR):
+        return False
+    folder = Path(name[len(LOCAL_DIR):])
+    return any(any(folder.glob(f"*{ext}")) for ext in (".safetensors", ".bin", ".pth"))
 
 
 def _load_fusion(path: Path, cfg_path: Path) -> FusionHeads:
@@ -115,11 +126,14 @@ def load_model(
 ) -> RetrievalModel:
     """Load an open_clip model by name with optional weights and fusion heads.
 
-    ``pretrained`` is an open_clip tag or a checkpoint file; for a bundled config (``fusion-tiny``)
-    the bundled weights are used when it is None.  ``fusion`` is a fusion-head safetensors file
-    (its JSON config beside it, same stem); the bundled one is used when present.  ViT and CNN
-    image towers both work (``models.towers``).  ``image_size`` overrides the config's input
-    size (open_clip's ``force_image_size``; weights must have been trained at that size).
+    ``name`` is an open_clip model name, or ``local-dir:<folder>`` for a folder holding an
+    ``open_clip_config.json`` and its checkpoint (open_clip's own schema; ``pretrained`` is then
+    ignored).  ``pretrained`` is an open_clip tag or a checkpoint file; for a bundled config
+    (``fusion-tiny``) the bundled weights are used when it is None.  ``fusion`` is a fusion-head
+    safetensors file (its JSON config beside it, same stem); the bundled one is used when
+    present.  ViT and CNN image towers both work (``models.towers``).  ``image_size`` overrides
+    the config's input size (open_clip's ``force_image_size``; weights must have been trained at
+    that size).
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``models.device``); outputs are
     numpy arrays on the CPU whatever the device. ``runtime`` is ``torch``, ``onnxruntime``,
     ``openvino`` or ``auto`` (``models.runtime_probe``); a runtime other than torch runs graphs
@@ -167,9 +181,12 @@ def load_model(
             why += "; the text tower stays fp32, faster for one short query at this width"
     answer_heads = _answer_heads(name, pretrained, backbone, ask, describe)
 
+    # open_clip's ``local-dir:`` names carry their weights in the folder, not in ``pretrained``
+    trained = pretrained is not None or _local_dir_has_weights(name)
+
     def build(dt: torch.dtype, text_dt: torch.dtype) -> RetrievalModel:
         model = RetrievalModel(
-            name, clip, tokenizer, trained=pretrained is not None, fusion=heads, dtype=dt,
+            name, clip, tokenizer, trained=trained, fusion=heads, dtype=dt,
             text_dtype=text_dt, device=device, batch_size=batch_size, precision_reason=why,
         )
         model.attach_answer_heads(*answer_heads)

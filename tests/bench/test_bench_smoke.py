@@ -71,12 +71,13 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
     if what == "ingest":
         assert '"added": 48' in result["command_summary"]
     if what == "memory":
-        row, big = result["rows"]
+        row, wide = result["rows"]
         assert row["items"] == 300 and row["rss_peak"] >= row["rss_idle"] > 0
-        # end to end: re-ranked searches on the fusion model, 512-d vectors on ViT-B-32
-        assert (row["model"], row["rerank"], big["model"], big["dim"], big["rerank"]) == (
-            "fusion-tiny", True, "ViT-B-32", 512, False)
-        for r in (row, big):
+        # end to end: re-ranked searches on the bundled model and on 512-d vectors
+        assert (row["model"], row["dim"], row["rerank"]) == ("fusion-tiny", 128, True)
+        assert (wide["model"], wide["dim"], wide["rerank"]) == ("fusion-tiny-512", 512, True)
+        assert wide["token_bytes"] == row["token_bytes"] > 0
+        for r in (row, wide):
             assert [x["concurrency"] for x in r["latency"]] == [1, 4]
             assert all(x["errors"] == 0 and 0 < x["p50_ms"] <= x["p99_ms"] for x in r["latency"])
 

@@ -124,6 +124,29 @@ def test_open_clip_checkpoint_file_loads_through_pretrained(tmp_path: Path) -> N
         == (1,)
 
 
+def test_open_clip_local_dir_loads_with_its_weights(tmp_path: Path) -> None:
+    """``local-dir:<folder>`` (an open_clip config and checkpoint, a user's own model) loads
+    with those weights and says it is trained; a folder with the config only is untrained."""
+    import json
+
+    from models.encoder import CONFIG_DIR
+
+    cfg = {**json.loads((CONFIG_DIR / "fusion-tiny.json").read_text()), "embed_dim": 96}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    name = f"local-dir:{tmp_path}"
+    untrained = load_model(name, precision="fp32")
+    assert not untrained.trained and untrained.embed_dim == 96
+    torch.manual_seed(1)
+    ref = open_clip.create_model(name).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    m = load_model(name, precision="fp32")
+    assert m.trained and m.info()["trained"] and m.embed_dim == 96
+    with torch.no_grad():
+        want = ref.encode_text(open_clip.get_tokenizer(name)(["a red circle"]), normalize=True)
+    assert float((want.numpy() * m.encode_texts(["a red circle"])).sum()) > 0.9999
+
+
 def test_match_is_the_calibrated_probability_and_rerank_order_ignores_calibration(
         model) -> None:
     import torch
