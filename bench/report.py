@@ -18,6 +18,7 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .common import QUICK_DIR, RESULTS_DIR
@@ -85,6 +86,7 @@ def _machine_table(res: Results) -> str:
     out = table(rows, ["benchmark", "run", "wall s", "CPU s", "written (UTC)",
                        "load average 1/5/15 min when written",
                        "fp32 matmul GFLOP/s when written"])
+    out += "\n\n" + _run_span(res)
     rates = {n: d["machine"]["matmul_gflops"] for n, d in res.items()
              if d["machine"].get("matmul_gflops")}
     encode = (res.get("encode") or {}).get("matmul_gflops", {}).get("fp32")
@@ -99,6 +101,38 @@ def _machine_table(res: Results) -> str:
     return out
 
 
+RUN_GAP_S = 15 * 60  # a longer pause between one file and the next starts another run
+
+
+def _run_span(res: Results) -> str:
+    """Whether the files come from one run: each started (written minus its wall time) within
+    ``RUN_GAP_S`` of the one before it ending; else the separate runs, each with its files."""
+    spans = []
+    for name, d in res.items():
+        end = datetime.strptime(d["machine"]["date_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=timezone.utc)
+        spans.append((end - timedelta(seconds=float(d.get("run", {}).get("wall_s") or 0)), end,
+                      name))
+    spans.sort()
+    runs: list[list[tuple[datetime, datetime, str]]] = []
+    for span in spans:
+        if runs and span[0] <= max(e for _, e, _ in runs[-1]) + timedelta(seconds=RUN_GAP_S):
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+
+    def when(run: list[tuple[datetime, datetime, str]]) -> str:
+        start, end = run[0][0], max(e for _, e, _ in run)
+        return (f"{start:%Y-%m-%d %H:%M}–{end:%H:%M} UTC "
+                f"({(end - start).total_seconds() / 3600:.1f} h)")
+
+    if len(runs) == 1:
+        return f"All {len(spans)} files come from one run, {when(runs[0])}, one after another."
+    return (f"These files come from {len(runs)} runs (a gap of over {RUN_GAP_S // 60} minutes "
+            "between one file and the next starts another): " + "; ".join(
+                f"{when(r)}: {', '.join(n for _, _, n in r)}" for r in runs) + ".")
+
+
 def _machine(res: Results) -> str:
     facts = {name: d["machine"] for name, d in res.items()}
     keys = ("cpu", "cpu_flags", "cores", "ram_gib", "native_bf16", "torch", "torch_threads",
@@ -108,8 +142,9 @@ def _machine(res: Results) -> str:
     common = max(counts, key=counts.__getitem__)  # the machine most files were written on
     m = next(facts[name] for name in facts if key[name] == common)
     flags = m.get("cpu_flags")
-    flag_text = (f"flags {', '.join(flags) if flags else 'none'} of avx2, avx512f, avx512_vnni, "
-                 "avx512_bf16, amx_bf16" if flags is not None else "flags not recorded")
+    flag_text = (f"flags {', '.join(flags) if flags else 'none'} (of those checked: avx2, "
+                 "avx512f, avx512_vnni, avx512_bf16, amx_bf16)" if flags is not None
+                 else "flags not recorded")
     gpu = (m["gpu"] or "none") if "gpu" in m else "not recorded"
     line = (f"CPU **{m['cpu']}** (from {m.get('cpu_source', '/proc/cpuinfo')}), {flag_text}, "
             f"{m['cores']} cores, {m['ram_gib']} GiB "
