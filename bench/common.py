@@ -25,7 +25,9 @@ class Options:
 
     ``command`` is the command line that produced the results (recorded in each JSON file);
     ``started`` the ``time.perf_counter()`` and ``cpu_started`` the ``cpu_seconds(children=True)``
-    when this benchmark began, so each file records its own wall and CPU time.
+    when this benchmark began, so each file records its own wall and CPU time; ``steal_started``
+    the machine's (steal, total) CPU ticks then, for the share of CPU time the hypervisor gave
+    to other guests while it ran.
     """
 
     quick: bool
@@ -33,6 +35,7 @@ class Options:
     command: str = ""
     started: float = field(default_factory=time.perf_counter)
     cpu_started: float = field(default_factory=lambda: cpu_seconds(children=True))
+    steal_started: tuple[int, int] | None = field(default_factory=lambda: steal_ticks())
 
     def path(self, name: str) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +51,24 @@ def resolve_out(arg: str | None, quick: bool = False) -> Path:
     if env:
         return Path(env)
     return QUICK_DIR if quick else RESULTS_DIR
+
+
+def steal_ticks() -> tuple[int, int] | None:
+    """(steal, total) ticks of all CPUs from /proc/stat; None where there is no such file."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user, nice]
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+
+def steal_percent(started: tuple[int, int] | None) -> float | None:
+    """Percent of all CPU time stolen by the hypervisor since ``started`` (``steal_ticks``)."""
+    now = steal_ticks()
+    if started is None or now is None or now[1] <= started[1]:
+        return None
+    return round(100 * (now[0] - started[0]) / (now[1] - started[1]), 1)
 
 
 def _ram_bytes() -> int:
@@ -112,7 +133,8 @@ def write_json(opts: Options, name: str, data: dict[str, Any]) -> Path:
     path = opts.path(f"{name}.json")
     run = {"command": opts.command,
            "wall_s": round(time.perf_counter() - opts.started, 1),
-           "cpu_s": round(cpu_seconds(children=True) - opts.cpu_started, 1)}
+           "cpu_s": round(cpu_seconds(children=True) - opts.cpu_started, 1),
+           "steal_pct": steal_percent(opts.steal_started)}
     payload = {"benchmark": name, "quick": opts.quick, "run": run, "machine": machine(), **data}
     path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
     print(f"wrote {path}")

@@ -80,10 +80,12 @@ def _machine_table(res: Results) -> str:
     rows = []
     for name, d in res.items():
         m, r = d["machine"], d.get("run", {})
+        steal = r.get("steal_pct")
         rows.append([name, "quick" if d["quick"] else "full", r.get("wall_s"), r.get("cpu_s"),
+                     "–" if steal is None else f"{steal:.1f}",
                      m["date_utc"], " / ".join(str(x) for x in m.get("loadavg_1_5_15", [])),
                      m.get("matmul_gflops", "–")])
-    out = table(rows, ["benchmark", "run", "wall s", "CPU s", "written (UTC)",
+    out = table(rows, ["benchmark", "run", "wall s", "CPU s", "CPU steal %", "written (UTC)",
                        "load average 1/5/15 min when written",
                        "fp32 matmul GFLOP/s when written"])
     out += "\n\n" + _run_span(res)
@@ -174,7 +176,7 @@ def render(res: Results, folder: Path, doc: Path) -> str:
     out += ["## Reproduce", "",
             "On a quiet machine (nothing else using the CPU), from the repository root with the "
             "`bench` extra installed (`pip install -e '.[bench]'`):", "", "```sh",
-            "fusion-search bench all          # the recorded run (2 to 2.5 hours on 2 "
+            "fusion-search bench all          # the recorded run (about 2 hours on 2 "
             "cores, most of it memory's two 1,000,000-item collections): "
             "bench/results/*.json + *.png, then this page",
             "fusion-search bench report       # only rewrite this page from bench/results/",
@@ -193,7 +195,10 @@ def render(res: Results, folder: Path, doc: Path) -> str:
     if res:
         out += [_machine(res), "", _machine_table(res), "",
                 "A load average above the core count while a benchmark ran means other work "
-                "shared the machine; its figures are then lower than this machine can do.", "",
+                "shared the machine; CPU steal is the share of this virtual machine's CPU time "
+                "its host gave to other guests while the benchmark ran (from /proc/stat; \"–\" "
+                "where a file predates that reading). Either way its figures are then lower "
+                "than this machine can do.", "",
                 "The flags are those of avx2, avx512f, avx512_vnni, avx512_bf16 and amx_bf16 "
                 "the CPU has (`models.precision.cpu_info`, the same reading `/api/v1/info` "
                 "reports): `FUSION_PRECISION=auto` runs the encoders in bf16 only with "

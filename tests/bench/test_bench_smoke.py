@@ -54,6 +54,8 @@ def test_benchmark_writes_results(what: str, results: Path) -> None:
     assert result["machine"]["native_bf16"] is cpu.native_bf16
     assert result["run"]["command"].startswith(f"fusion-search bench {what} --quick --out ")
     assert result["run"]["wall_s"] > 0
+    if Path("/proc/stat").is_file():  # the host's share of the CPU time while it ran
+        assert 0.0 <= result["run"]["steal_pct"] <= 100.0
     assert top_keys <= set(result)
     rows = {"encode": "models", "index": "sizes", "http": "rows", "memory": "rows"}.get(what)
     if rows:
