@@ -15,15 +15,17 @@ TRIED = {
               "reaches most of that bf16 rate. On a CPU "
               "without bf16 (AVX2 only) torch stays fp32 and the ratio is about 1×: the "
               "runtimes' int8 (ONNX Runtime, 1.26–1.40× in runs on an AMD EPYC) is the one "
-              "lower-precision path there, and its cosine (0.97) is below the goal's 0.999.",
+              "lower-precision path there, and its cosine (0.97) is below the goal's 0.999. "
+              "The ratios move with the host: the same code read 3.16x images and 4.26x text "
+              "at 01:51 UTC on 2026-12-03 (fp32 matmul 245 GFLOP/s), 2.77x and 3.55x in this "
+              "page's run at 09:07 UTC (199 GFLOP/s, bf16 matmul 644 against 759 then).",
     "runtimes": "what the encode goal's line says for the images ratio: ViT-B-32's images "
-                "run on torch bf16, which auto keeps since no runtime beats it by 1.3x. Its "
-                "rate barely moves between runs of the same code (49.5 images/s here against "
-                "50.2 at 01:29 UTC on 2026-12-03, whose run measured 3.25x) while the plain "
-                "fp32 loop's does (19.0 against 15.4): the ratio follows how fast this "
-                "virtual machine runs fp32 at that moment, and the encode benchmark's run "
-                "(3.16x) is the other reading. The text query met its goal on the runtime "
-                "auto picks.",
+                "run on torch bf16, which auto keeps since no runtime beats it by 1.3x. The "
+                "ratio follows how fast this virtual machine runs bf16 against fp32 at that "
+                "moment: 3.25x at 01:29 UTC on 2026-12-03, 2.60x at 07:00 UTC, 2.48x in this "
+                "page's run (10:43 UTC). The text query on the runtime auto picks met its goal "
+                "at 07:00 UTC (OpenVINO fp32, 5.45x) and reads 4.45x here (OpenVINO bf16, "
+                "17.97 against 79.98 ms).",
     "index": "the chooser's nprobe default (nlist / 256, it was nlist / 64) and the wrapper's "
              "hit lists built from tolist(); the wrapper still maps labels through FAISS's "
              "IndexIDMap2, which the raw index does not.",
@@ -63,11 +65,14 @@ TRIED = {
             "(the head ran in fp32 before whatever the precision; re-rank R@1 unchanged); the "
             "same module is the exported match graph, and the stored tokens are copied once "
             "into one array (0.64 to 0.11 ms for 50). The runtimes table's match of 50: torch "
-            "bf16 13.3 to 7.3 ms, ONNX Runtime 12.5 to 7.5. Over HTTP the default torch "
-            "server's re-rank of 50 at 4 clients went from 80.3 to 72.7 ms; under auto the "
-            "probe keeps the match on ONNX Runtime (its graph gained least: long captions "
-            "11.7 against 12.3 ms), so the workers' re-rank stayed at about 21.5 ms of server "
-            "CPU per request (48.1 to 45.2 ms p50). "
+            "bf16 13.3 to 7.3 ms, ONNX Runtime 12.5 to 7.5. Over HTTP (07:05 UTC run on "
+            "2026-12-03) the default torch server's re-rank of 50 at 4 clients went from 80.3 "
+            "to 72.7 ms; under auto the probe keeps the match on ONNX Runtime (its graph "
+            "gained least: long captions 11.7 against 12.3 ms), so the workers' re-rank "
+            "stayed at about 21.5 ms of server CPU per request (48.1 to 45.2 ms p50). The "
+            "workers' text search met its goal in that run (p50 9.9 ms, 388 req/s) and reads "
+            "12.7 ms (292 req/s) in this page's, on a host running fp32 matmul at 178 against "
+            "187 GFLOP/s. "
             "What is left at 4 clients on 2 cores is each request's own CPU time: at about "
             "21.5 ms per re-rank of 50 (server CPU per request, the workers lines) two cores "
             "cannot answer four of them at once within 30 ms, which needs about 14; of those, "
@@ -79,5 +84,11 @@ TRIED = {
     "ingest": "JPEGs decoded reduced by libjpeg (to at least twice the model input), two "
               "single-thread encoders on alternate batches, decode in a thread pool and one "
               "writer thread committing batches in single transactions, no garbage collection "
-              "during start-up. Start-up (imports and model load) is counted in the ratio.",
+              "during start-up. Start-up (imports and model load) is counted in the ratio. "
+              "It met the goal at 01:53 UTC on 2026-12-03 (0.64, pure encode 936 images/s); "
+              "this page's run measured 0.53 twice (09:48 UTC with CPU steal up to 19%, and "
+              "again at 10:57, which this page shows), with pure encode at 456-544 images/s: "
+              "on the slower host the fixed start-up weighs more and the pipeline's decode "
+              "threads compete with the encoders for the same two cores (0.69 after "
+              "start-up, 0.98 at 01:53).",
 }
