@@ -50,7 +50,7 @@ from .common import (
     write_json,
 )
 from .http_clients import SEARCH_PATH, Request, Search, drive, search_request, upload_request
-from .http_collection import TAGS, bulk_load, dir_bytes, load_with_tokens, png_bytes
+from .http_collection import TAGS, bulk_load, load_with_tokens, png_bytes
 from .http_server import MODEL, cpu_ticks, free_port, rss_bytes, server, wait_ready
 from .http_wrk import (
     WRK_ENV,
@@ -72,7 +72,7 @@ __all__ = [
     "FULL_DURATION", "FULL_ITEMS", "GOALS", "HTTPX_COMPARISON", "LEVELS", "MODEL", "QUICK_DURATION",
     "QUICK_ITEMS", "SEARCH_PATH", "TAGS", "WRK_ENV", "WRK_MARK", "WRK_THREADS", "Request",
     "Search", "big_model_dim", "big_model_search", "bulk_load", "checks", "client_description",
-    "cold_start", "cpu_ticks", "dir_bytes", "drive", "find_wrk", "free_port",
+    "cold_start", "cpu_ticks", "drive", "find_wrk", "free_port",
     "load_with_tokens", "lua_string", "parse_wrk", "plot", "png_bytes",
     "rss_bytes", "run", "run_levels", "run_wrk", "search_request", "server", "upload_request",
     "wait_ready", "wrk_command", "wrk_drive", "wrk_script", "wrk_version",

@@ -222,14 +222,11 @@ def memory(d: dict[str, Any]) -> str:
         "bulk-loaded with patch tokens; RSS read from /proc (VmRSS, VmHWM) when ready and after "
         "re-ranked text searches (every fourth with a tag filter). Re-ranking reads each "
         "query's candidates' tokens from the SQLite catalog. "
-        + (f"The second row, {d['wide_model']}, holds the same number of ViT-B-32-sized vectors "
-           "(512-d) and is re-ranked the same way: the bundled architecture with 512-d "
-           "embeddings and an attention head, random weights, served from an open_clip "
-           "`local-dir:` folder (ViT-B-32 itself has no fusion head, and its patch tokens would "
-           "take 77 GB at 1,000,000 items)." if d.get("wide_model") else
-           f"Where a second row names {d.get('big_model', 'ViT-B-32')}, the same number of its "
-           "512-d vectors is served without patch tokens (it has no fusion head) and searched "
-           "without re-ranking."), "",
+        f"The second row, {d['wide_model']}, holds the same number of ViT-B-32-sized vectors "
+        "(512-d) and is re-ranked the same way: the bundled architecture with 512-d "
+        "embeddings and an attention head, random weights, served from an open_clip "
+        "`local-dir:` folder (ViT-B-32 itself has no fusion head, and its patch tokens would "
+        "take 77 GB at 1,000,000 items).", "",
         table([[f"{r['items']:,}", r.get("model", d["model"]), f"`{r['index']}`",
                 mib(r["rss_idle"]), mib(r["rss_after_search"]), mib(r["rss_peak"]),
                 f"{r['token_bytes'] / 2**30:.2f}", f"{r['data_dir_bytes'] / 2**30:.2f}",
